@@ -1,0 +1,207 @@
+"""Derived numbers, computed once: world size, data-parallel degree, batches, pipeline stages, heads per rank,
+parameter counts, per-rank NxD shapes and a memory estimate.
+
+Torch-free and dependency-free: the plan, the validator, the checkpoint converter and the NxD launch all call
+these functions, so a number the user never types cannot disagree between two stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.schema import Accelerator, Backend, JobConfig, ModelConfig
+
+# Devices (processes) per node for each accelerator when cluster.devices_per_node is 0.
+DEVICES_PER_NODE = {Accelerator.trn1: 32, Accelerator.trn2: 64, Accelerator.cuda: 8}
+DEVICE_MEMORY_GB = {Accelerator.trn1: 16.0, Accelerator.trn2: 24.0, Accelerator.cuda: 80.0}
+
+
+def backend_for(cfg: JobConfig) -> Backend:
+    """trn1 runs NxD (XLA); trn2/cuda/cpu run plain torch.distributed (TorchNeuron on trn2)."""
+    if cfg.trainer.backend != Backend.auto:
+        return cfg.trainer.backend
+    return Backend.nxd if cfg.cluster.accelerator == Accelerator.trn1 else Backend.torch
+
+
+def devices_per_node(cfg: JobConfig) -> int:
+    if cfg.cluster.devices_per_node > 0:
+        return cfg.cluster.devices_per_node
+    if cfg.cluster.accelerator in DEVICES_PER_NODE:
+        return DEVICES_PER_NODE[cfg.cluster.accelerator]
+    # CPU: one process per rank of the parallel plan, spread over the nodes.
+    p = cfg.parallel
+    ranks = p.tensor_parallel_degree * p.pipeline_parallel_degree * max(p.data_parallel_degree, 1)
+    return max(ranks // max(cfg.cluster.nodes, 1), 1)
+
+
+def layers_per_stage(num_layers: int, pp: int) -> list[int]:
+    """NxD's `create_partitions`: equal layers per stage, the remainder going to the last stages."""
+    base, rem = divmod(num_layers, pp)
+    return [base + (1 if s >= pp - rem else 0) for s in range(pp)]
+
+
+def stage_layer_ranges(num_layers: int, pp: int) -> list[range]:
+    out, start = [], 0
+    for n in layers_per_stage(num_layers, pp):
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def head_dim(m: ModelConfig) -> int:
+    return m.hidden_size // m.num_attention_heads
+
+
+def heads_per_rank(m: ModelConfig, tp: int, kv_size_multiplier: int = 1) -> tuple[int, int]:
+    """(query heads, key/value heads) held by one tensor-parallel rank (K/V after NxD replication)."""
+    return m.num_attention_heads // tp, m.num_key_value_heads * kv_size_multiplier // tp
+
+
+def parameter_count(m: ModelConfig) -> int:
+    h, i, v, d = m.hidden_size, m.intermediate_size, m.vocab_size, head_dim(m)
+    attn = h * m.num_attention_heads * d * 2 + h * m.num_key_value_heads * d * 2
+    layer = attn + 3 * h * i + 2 * h
+    head = 0 if m.tie_word_embeddings else v * h
+    return v * h + m.num_hidden_layers * layer + h + head
+
+
+def nxd_layer_shapes(m: ModelConfig, tp: int, kv_size_multiplier: int, fuse_qkv: bool) -> dict[str, tuple]:
+    """Per-rank shapes of one decoder layer in NxD's layout (GQAQKVColumnParallelLinear, stride-2 gate_up)."""
+    d, h, i = head_dim(m), m.hidden_size, m.intermediate_size
+    q, kv = heads_per_rank(m, tp, kv_size_multiplier)
+    attn: dict[str, tuple] = (
+        {"self_attn.qkv_proj.weight_qkv": ((q + 2 * kv) * d, h)}
+        if fuse_qkv
+        else {
+            "self_attn.qkv_proj.weight_q": (q * d, h),
+            "self_attn.qkv_proj.weight_k": (kv * d, h),
+            "self_attn.qkv_proj.weight_v": (kv * d, h),
+        }
+    )
+    return {
+        **attn,
+        "self_attn.o_proj.weight": (h, q * d),
+        "mlp.gate_up_proj.weight": (2 * i // tp, h),
+        "mlp.down_proj.weight": (h, i // tp),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+    }
+
+
+def nxd_rank_shapes(
+    m: ModelConfig, tp: int, pp: int, kv_size_multiplier: int, fuse_qkv: bool, pp_rank: int
+) -> dict[str, tuple]:
+    """Every key and shape in NxD's `dp_rank_00_tp_rank_XX_pp_rank_YY.pt` for one pipeline rank (same for all tp)."""
+    h, v = m.hidden_size, m.vocab_size
+    shapes: dict[str, tuple] = {}
+    if pp_rank == 0:
+        shapes["model.embed_tokens.weight"] = (v // tp, h)
+    layer = nxd_layer_shapes(m, tp, kv_size_multiplier, fuse_qkv)
+    for li in stage_layer_ranges(m.num_hidden_layers, pp)[pp_rank]:
+        for k, s in layer.items():
+            shapes[f"model.layers.{li}.{k}"] = s
+    if pp_rank == pp - 1:
+        shapes["model.norm.weight"] = (h,)
+        shapes["lm_head.weight"] = (v // tp, h)
+    return shapes
+
+
+@dataclass(frozen=True)
+class Derived:
+    backend: Backend
+    nodes: int
+    devices_per_node: int
+    world_size: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    data_parallel: int
+    # Samples per data-parallel replica per optimizer step (= global batch / dp).
+    batch_per_replica: int
+    micro_batch_size: int
+    # Micro-batches per optimizer step per replica: pipeline micro-batches under PP, accumulation steps otherwise.
+    micro_batches: int
+    grad_accum_steps: int
+    tokens_per_step: int
+    layers_per_stage: tuple[int, ...]
+    q_heads_per_rank: int
+    kv_heads_per_rank: int
+    parameters: int
+    parameters_per_device: int
+    # Weights + gradients + optimizer state per device (activations excluded), GiB.
+    state_gb_per_device: float
+    device_memory_gb: float
+
+    def as_rows(self) -> list[tuple[str, str]]:
+        return [
+            ("backend", self.backend.value),
+            ("world size", f"{self.nodes} nodes x {self.devices_per_node} devices = {self.world_size}"),
+            (
+                "parallelism",
+                f"tp {self.tensor_parallel} x pp {self.pipeline_parallel} x dp {self.data_parallel}",
+            ),
+            (
+                "batch",
+                f"global {self.batch_per_replica * self.data_parallel} = dp {self.data_parallel} x "
+                f"{self.micro_batches} micro-batches x {self.micro_batch_size}",
+            ),
+            ("grad accumulation", str(self.grad_accum_steps)),
+            ("tokens per step", f"{self.tokens_per_step:,}"),
+            ("layers per pipeline stage", ", ".join(map(str, self.layers_per_stage))),
+            ("heads per tp rank", f"{self.q_heads_per_rank} q / {self.kv_heads_per_rank} kv"),
+            ("parameters", f"{self.parameters:,} ({self.parameters / 1e9:.2f} B)"),
+            ("parameters per device", f"{self.parameters_per_device:,}"),
+            (
+                "memory per device",
+                f"{self.state_gb_per_device:.1f} GiB weights+grads+optimizer"
+                + (f" of {self.device_memory_gb:.0f} GiB" if self.device_memory_gb else "")
+                + " (activations excluded)",
+            ),
+        ]
+
+
+def _safe_div(a: int, b: int) -> int:
+    return a // b if b > 0 else 0
+
+
+def derive(cfg: JobConfig) -> Derived:
+    """Total function: never raises on inconsistent input (validation reports that); zeros mark the undefined."""
+    p, t, m = cfg.parallel, cfg.trainer, cfg.model
+    backend = backend_for(cfg)
+    dpn = devices_per_node(cfg)
+    world = cfg.cluster.nodes * dpn
+    tp, pp = max(p.tensor_parallel_degree, 1), max(p.pipeline_parallel_degree, 1)
+    dp = p.data_parallel_degree if p.data_parallel_degree > 0 else _safe_div(world, tp * pp)
+    per_replica = _safe_div(t.global_batch_size, dp)
+    micro = _safe_div(per_replica, t.micro_batch_size)
+    kvm = p.kv_size_multiplier if backend == Backend.nxd else 1
+    q_heads, kv_heads = heads_per_rank(m, tp, kvm)
+    params = parameter_count(m)
+    per_device = params // (tp * pp)
+    if backend == Backend.nxd and p.zero1:
+        # bf16 weights, fp32 gradient accumulation; fp32 master weights + Adam moments sharded over dp.
+        bytes_per_param = 2 + 4 + 12 / max(dp, 1)
+    elif p.data_parallel_mode.value == "fsdp":
+        bytes_per_param = 16 / max(dp, 1)
+    else:
+        bytes_per_param = 16  # fp32 weights, grads, Adam exp_avg and exp_avg_sq
+    return Derived(
+        backend=backend,
+        nodes=cfg.cluster.nodes,
+        devices_per_node=dpn,
+        world_size=world,
+        tensor_parallel=tp,
+        pipeline_parallel=pp,
+        data_parallel=dp,
+        batch_per_replica=per_replica,
+        micro_batch_size=t.micro_batch_size,
+        micro_batches=micro,
+        grad_accum_steps=1 if pp > 1 else micro,
+        tokens_per_step=t.global_batch_size * cfg.data.seq_len,
+        layers_per_stage=tuple(layers_per_stage(m.num_hidden_layers, pp)),
+        q_heads_per_rank=q_heads,
+        kv_heads_per_rank=kv_heads,
+        parameters=params,
+        parameters_per_device=per_device,
+        state_gb_per_device=per_device * bytes_per_param / 2**30,
+        device_memory_gb=cfg.cluster.device_memory_gb or DEVICE_MEMORY_GB.get(cfg.cluster.accelerator, 0.0),
+    )

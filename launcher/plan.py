@@ -1,0 +1,176 @@
+"""The plan: which stages run or are skipped (and why), their resources, dependencies, commands and the sbatch
+script each would get. Printed by dry runs and saved in the run folder; the executors consume it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher import stages as st
+from launcher.arithmetic import Derived, derive
+from launcher.compose import Composed
+from launcher.nxd_env import nxd_env
+from launcher.schema import Backend, ExecutorKind, JobConfig, Stage, as_plain
+
+# Port used by the NxD example scripts for the torchrun rendezvous.
+MASTER_PORT = 44000
+
+
+@dataclass
+class StagePlan:
+    stage: Stage
+    run: bool
+    reason: str
+    output: Path
+    after: list[Stage]
+    nodes: int
+    processes_per_node: int
+    command: list[str]
+    sbatch: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    composed: Composed
+    derived: Derived
+    run_dir: Path
+    stages: list[StagePlan]
+
+    @property
+    def cfg(self) -> JobConfig:
+        return self.composed.cfg
+
+    def render(self, with_scripts: bool = True) -> str:
+        cfg, ch = self.cfg, self.composed.choices
+        lines = [
+            f"Plan for {' '.join(f'{g}={ch[g]}' for g in ('model', 'parallel', 'data', 'cluster', 'recipe') if g in ch)}",
+            f"  run folder: {self.run_dir}",
+            "",
+            "Derived numbers",
+        ]
+        rows = self.derived.as_rows() + [
+            ("sequence length", str(cfg.data.seq_len)),
+            ("schedule", f"{cfg.optim.schedule.value}: lr {cfg.optim.lr:g}, warmup {cfg.optim.warmup_steps}, "
+                         f"min_lr {cfg.optim.min_lr:g}, {cfg.trainer.max_steps} steps"),
+            ("data", f"{cfg.data.name} ({cfg.data.format.value}), tokenizer {cfg.data.tokenizer} -> "
+                     f"{st.data_dir(cfg)}"),
+            ("init", cfg.model.init.value + (f" from {cfg.model.pretrained_path}" if cfg.model.init.value ==
+                                             "pretrained" else "")),
+        ]
+        width = max(len(k) for k, _ in rows)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        lines += ["", "Stages"]
+        for i, sp in enumerate(self.stages, 1):
+            state = "run " if sp.run else "skip"
+            after = f" after {','.join(s.value for s in sp.after)}" if sp.after else ""
+            where = f"{sp.nodes} node{'s' if sp.nodes > 1 else ''} x {sp.processes_per_node} proc"
+            lines.append(f"  {i}. {sp.stage.value:<8} {state}  {where}{after}  ({sp.reason})")
+            lines.append(f"       output:  {sp.output}")
+            lines.append(f"       command: {_shell(sp.command)}")
+        if with_scripts:
+            for sp in self.stages:
+                if sp.sbatch and sp.run:
+                    lines += ["", f"--- sbatch script: {sp.stage.value} ---", sp.sbatch.rstrip()]
+        return "\n".join(lines)
+
+
+def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: int) -> list[str]:
+    """What a stage's job runs on each node: the job wrapper, under torchrun when it has several processes."""
+    wrapper = ["-m", "launcher.job", str(run_dir), stage.value]
+    if not st.SPECS[stage].distributed or procs * nodes <= 1:
+        return [sys.executable if cfg.cluster.executor == ExecutorKind.local else "python", *wrapper]
+    if cfg.cluster.executor == ExecutorKind.local:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                *wrapper]
+    # bash -c so that $SLURM_NODEID expands inside each srun task (one per node), not once in the batch script.
+    torchrun = ["torchrun", f"--nproc_per_node={procs}", f"--nnodes={nodes}", f"--master_port={MASTER_PORT}",
+                *wrapper]
+    return ["bash", "-c", shlex.join(torchrun).replace(f"--nnodes={nodes}", f"--nnodes={nodes} "
+                                                        "--node_rank=$SLURM_NODEID --master_addr=$MASTER_ADDR")]
+
+
+def _resources(cfg: JobConfig, d: Derived, stage: Stage) -> tuple[int, int]:
+    if st.SPECS[stage].distributed:
+        return cfg.cluster.nodes, d.devices_per_node
+    return 1, 1
+
+
+def _shell(command: list[str]) -> str:
+    return shlex.join(command)
+
+
+def _sbatch(cfg: JobConfig, stage: Stage, run_dir: Path, nodes: int, command: list[str],
+            after: list[Stage], env: dict[str, str]) -> str:
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    c = cfg.cluster
+    srun_args = ["--auto-resume=1"] if c.auto_resume and st.SPECS[stage].distributed else []
+    setup = list(c.setup) + [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
+    if st.SPECS[stage].distributed and nodes > 1:
+        setup.append("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
+    extra = {"kill-on-invalid-dep": "yes"}
+    if c.mem_gb == 0 and c.exclusive:
+        extra["mem"] = "0"
+    return _make_sbatch_string(
+        command=_shell(command),
+        folder=str(run_dir / "stages" / stage.value / "submitit" / "%j"),
+        job_name=f"{run_dir.name}-{stage.value}",
+        partition=c.partition or None,
+        account=c.account or None,
+        time=c.time_limit_min or 60 * 24 * 6,
+        nodes=nodes,
+        ntasks_per_node=1,
+        cpus_per_task=c.cpus_per_task or None,
+        mem=f"{c.mem_gb}GB" if c.mem_gb else None,
+        exclusive=True if c.exclusive else None,
+        dependency=",".join(f"afterok:${{JOB_ID_{s.value.upper()}}}" for s in after) or None,
+        setup=setup,
+        signal_delay_s=120,
+        additional_parameters=extra,
+        srun_args=srun_args,
+    )
+
+
+def make_plan(composed: Composed, run_dir: Path) -> Plan:
+    cfg = composed.cfg
+    d = derive(cfg)
+    chosen = st.selected(cfg)
+    out: list[StagePlan] = []
+    for stage in chosen:
+        spec = st.SPECS[stage]
+        done, why = st.is_complete(stage, cfg, run_dir)
+        if cfg.force:
+            done, why = False, "force=true"
+        run = not done
+        reason = "will run: " + why if run else "skipped: " + why
+        if stage == Stage.train and not done and (run_dir / "checkpoints").exists():
+            reason = "will run: resumes from its latest complete checkpoint"
+        after = [s for s in spec.needs if s in chosen]
+        nodes, procs = _resources(cfg, d, stage)
+        command = job_command(cfg, stage, run_dir, procs, nodes)
+        env = nxd_env(cfg, str(st.cache_dir(cfg))) if d.backend == Backend.nxd and spec.distributed else {}
+        sbatch = ""
+        if cfg.cluster.executor == ExecutorKind.slurm:
+            sbatch = _sbatch(cfg, stage, run_dir, nodes, command, after, env)
+        out.append(StagePlan(stage, run, reason, st.final_dir(stage, cfg, run_dir), after, nodes, procs, command,
+                             sbatch, env))
+    return Plan(composed, d, run_dir, out)
+
+
+def plan_json(plan: Plan) -> dict:
+    return {
+        "run_dir": str(plan.run_dir),
+        "choices": plan.composed.choices,
+        "overrides": plan.composed.overrides,
+        "derived": as_plain(plan.derived),
+        "stages": [
+            {"stage": s.stage.value, "run": s.run, "reason": s.reason, "output": str(s.output),
+             "after": [a.value for a in s.after], "nodes": s.nodes, "processes_per_node": s.processes_per_node,
+             "command": s.command}
+            for s in plan.stages
+        ],
+    }
