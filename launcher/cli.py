@@ -150,10 +150,11 @@ def _varying_keys(points: list[list[str]]) -> list[str]:
 
 
 def _point_name(overrides: list[str], keys: list[str]) -> str:
-    from launcher.stages import slug
+    import re
 
     kv = dict(o.lstrip("+").split("=", 1) for o in overrides)
-    return slug(",".join(f"{k}={kv[k]}" for k in keys if k in kv) or "point")
+    # Hydra's own naming (key=value,key=value), minus characters that are awkward in a path.
+    return re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={kv[k]}" for k in keys if k in kv)) or "point"
 
 
 def _execute(plan) -> int:

@@ -37,10 +37,8 @@ class Composed:
 
     def source(self, key: str) -> str:
         """Where a dotted key's value came from: the command line, a group option, the recipe, or the schema."""
-        for ov in self.overrides:
-            name = ov.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
-            if name == key or key.startswith(name + ".") or key.startswith(name + "["):
-                return "command line"
+        if any(key == k or key.startswith((k + ".", k + "[")) for k in _value_keys(self.overrides)):
+            return "command line"
         top = key.split(".", 1)[0].split("[", 1)[0]
         recipe = self.choices.get("recipe", "")
         if recipe and _yaml_sets(f"recipe/{recipe}.yaml", key):
@@ -52,6 +50,12 @@ class Composed:
                 return f"{top}={choice}"
             return f"{top}={choice}" if choice else f"the schema default of {top}"
         return "the default"
+
+
+def _value_keys(overrides: list[str]) -> list[str]:
+    """Keys the command line sets a value for (group selections such as cluster=hyperpod set no value)."""
+    names = [o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] for o in overrides]
+    return [n for n in names if n not in USER_GROUPS]
 
 
 def options(group: str) -> list[str]:
@@ -184,8 +188,7 @@ def _reword(exc: Exception, overrides: list[str]) -> str:
     key = getattr(inner, "full_key", "") if inner is not None else ""
     msg = str(inner).strip().splitlines()[0] if inner is not None else outer.splitlines()[0] if outer else ""
     where = re.search(r"In '([^']+)'", outer)
-    cli_keys = [o.lstrip("+").split("=", 1)[0] for o in overrides]
-    on_cli = any(key == k or key.startswith((k + "[", k + ".")) for k in cli_keys)
+    on_cli = any(key == k or key.startswith((k + "[", k + ".")) for k in _value_keys(overrides))
     origin = "command line" if on_cli else f"conf/{where.group(1)}.yaml" if where else "a config file"
     m = re.search(r"Key '([^']+)' (?:not in|is not in struct)", msg)
     if m:

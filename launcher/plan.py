@@ -80,15 +80,16 @@ class Plan:
 
 def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: int) -> list[str]:
     """What a stage's job runs on each node: the job wrapper, under torchrun when it has several processes."""
+    # The launcher's own interpreter: the checkout and its venv must be on a file system every node sees.
     wrapper = ["-m", "launcher.job", str(run_dir), stage.value]
     if not st.SPECS[stage].distributed or procs * nodes <= 1:
-        return [sys.executable if cfg.cluster.executor == ExecutorKind.local else "python", *wrapper]
+        return [sys.executable, *wrapper]
     if cfg.cluster.executor == ExecutorKind.local:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                 *wrapper]
     # bash -c so that $SLURM_NODEID expands inside each srun task (one per node), not once in the batch script.
-    torchrun = ["torchrun", f"--nproc_per_node={procs}", f"--nnodes={nodes}", f"--master_port={MASTER_PORT}",
-                *wrapper]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
+                f"--master_port={MASTER_PORT}", *wrapper]
     return ["bash", "-c", shlex.join(torchrun).replace(f"--nnodes={nodes}", f"--nnodes={nodes} "
                                                         "--node_rank=$SLURM_NODEID --master_addr=$MASTER_ADDR")]
 
@@ -109,7 +110,9 @@ def _sbatch(cfg: JobConfig, stage: Stage, run_dir: Path, nodes: int, command: li
 
     c = cfg.cluster
     srun_args = ["--auto-resume=1"] if c.auto_resume and st.SPECS[stage].distributed else []
-    setup = list(c.setup) + [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
+    root = shlex.quote(str(Path(__file__).resolve().parent.parent))
+    setup = list(c.setup) + [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    setup += [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
     if st.SPECS[stage].distributed and nodes > 1:
         setup.append("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
     extra = {"kill-on-invalid-dep": "yes"}
