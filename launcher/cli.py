@@ -39,17 +39,26 @@ model.init (scratch|pretrained), model.pretrained_path. `--cfg job` lists every 
 
 
 def _help() -> str:
-    defaults = {"model": "tiny (schema default)", "parallel": "none", "data": "sample", "cluster": "local",
-                "recipe": "chosen by the model"}
-    rows = [f"  {('+' if g == 'model' else '') + g:<10} {', '.join(options(g))}   [default: {defaults[g]}]"
-            for g in USER_GROUPS]
+    defaults = {
+        "model": "tiny (schema default)",
+        "parallel": "none",
+        "data": "sample",
+        "cluster": "local",
+        "recipe": "chosen by the model",
+    }
+    rows = [
+        f"  {('+' if g == 'model' else '') + g:<10} {', '.join(options(g))}   [default: {defaults[g]}]"
+        for g in USER_GROUPS
+    ]
     return HELP.format(groups="\n".join(rows))
 
 
 def _fail(problems: list[str]) -> int:
     n = len(problems)
-    print(f"error: the configuration has {n} problem{'s' if n > 1 else ''}; nothing was written or submitted.\n",
-          file=sys.stderr)
+    print(
+        f"error: the configuration has {n} problem{'s' if n > 1 else ''}; nothing was written or submitted.\n",
+        file=sys.stderr,
+    )
     for p in problems:
         print(f"- {p}\n", file=sys.stderr)
     return EXIT_USER_ERROR
@@ -77,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     show_cfg = False
     if "--cfg" in argv:
         i = argv.index("--cfg")
-        if argv[i + 1: i + 2] != ["job"]:
+        if argv[i + 1 : i + 2] != ["job"]:
             return _fail(["--cfg takes 'job' (python -m launcher --cfg job [overrides])."])
         show_cfg = True
-        del argv[i: i + 2]
+        del argv[i : i + 2]
     multirun = False
     for flag in ("-m", "--multirun"):
         while flag in argv:
@@ -88,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             multirun = True
     bad = [a for a in argv if a.startswith("-")]
     if bad:
-        return _fail([f"Unknown option {bad[0]}. Options: --help, --cfg job, -m/--multirun; everything else is "
-                      f"key=value or group=option (python -m launcher --help)."])
+        return _fail(
+            [
+                f"Unknown option {bad[0]}. Options: --help, --cfg job, -m/--multirun; everything else is "
+                f"key=value or group=option (python -m launcher --help)."
+            ]
+        )
     try:
         points = _sweep(argv) if multirun else [argv]
     except Exception as exc:  # the override grammar's own parse errors
@@ -169,4 +182,3 @@ def _execute(plan) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -86,8 +86,11 @@ def compose(overrides: list[str]) -> Composed:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             raw = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-        choices = {k: v for k, v in OmegaConf.to_container(raw.hydra.runtime.choices).items()
-                   if not k.startswith("hydra/") and v is not None}
+        choices = {
+            k: v
+            for k, v in OmegaConf.to_container(raw.hydra.runtime.choices).items()
+            if not k.startswith("hydra/") and v is not None
+        }
         with _open(raw):
             del raw["hydra"]
         cfg = OmegaConf.to_object(raw)

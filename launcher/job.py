@@ -110,8 +110,17 @@ def run_stage(run_dir: Path, stage: Stage, cfg: JobConfig | None = None) -> dict
             write_status(run_dir, stage, state="skipped", reason=why, ended=_now())
         return {"skipped": True, "reason": why}
     if lead:
-        write_status(run_dir, stage, state="running", started=_now(), ended=None, host=socket.gethostname(),
-                     pid=os.getpid(), job_id=os.environ.get("SLURM_JOB_ID", ""), error=None)
+        write_status(
+            run_dir,
+            stage,
+            state="running",
+            started=_now(),
+            ended=None,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            job_id=os.environ.get("SLURM_JOB_ID", ""),
+            error=None,
+        )
     if spec.atomic:
         final.parent.mkdir(parents=True, exist_ok=True)
         _clear_stale(final)

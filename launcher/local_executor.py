@@ -49,8 +49,9 @@ class LocalExecutor:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // sp.processes_per_node)))
         print(f"[{sp.stage.value}] running: {' '.join(sp.command)}  (log: {log})", flush=True)
         start = time.monotonic()
-        proc = subprocess.Popen(sp.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            sp.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         write_status(plan.run_dir, sp.stage, executor="local", pgid=proc.pid, log=str(log))
         try:
             _tee(proc, log)

@@ -47,19 +47,23 @@ class Plan:
     def render(self, with_scripts: bool = True) -> str:
         cfg, ch = self.cfg, self.composed.choices
         lines = [
-            f"Plan for {' '.join(f'{g}={ch[g]}' for g in ('model', 'parallel', 'data', 'cluster', 'recipe') if g in ch)}",
+            "Plan for "
+            + " ".join(f"{g}={ch[g]}" for g in ("model", "parallel", "data", "cluster", "recipe") if g in ch),
             f"  run folder: {self.run_dir}",
             "",
             "Derived numbers",
         ]
-        rows = self.derived.as_rows() + [
+        o, init = cfg.optim, cfg.model.init.value
+        schedule = f"{o.schedule.value}: lr {o.lr:g}, warmup {o.warmup_steps}, min_lr {o.min_lr:g}"
+        rows = [
+            *self.derived.as_rows(),
             ("sequence length", str(cfg.data.seq_len)),
-            ("schedule", f"{cfg.optim.schedule.value}: lr {cfg.optim.lr:g}, warmup {cfg.optim.warmup_steps}, "
-                         f"min_lr {cfg.optim.min_lr:g}, {cfg.trainer.max_steps} steps"),
-            ("data", f"{cfg.data.name} ({cfg.data.format.value}), tokenizer {cfg.data.tokenizer} -> "
-                     f"{st.data_dir(cfg)}"),
-            ("init", cfg.model.init.value + (f" from {cfg.model.pretrained_path}" if cfg.model.init.value ==
-                                             "pretrained" else "")),
+            ("schedule", f"{schedule}, {cfg.trainer.max_steps} steps"),
+            (
+                "data",
+                f"{cfg.data.name} ({cfg.data.format.value}), tokenizer {cfg.data.tokenizer} -> {st.data_dir(cfg)}",
+            ),
+            ("init", init + (f" from {cfg.model.pretrained_path}" if init == "pretrained" else "")),
         ]
         width = max(len(k) for k, _ in rows)
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
@@ -85,13 +89,31 @@ def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: 
     if not st.SPECS[stage].distributed or procs * nodes <= 1:
         return [sys.executable, *wrapper]
     if cfg.cluster.executor == ExecutorKind.local:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-                *wrapper]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            *wrapper,
+        ]
     # bash -c so that $SLURM_NODEID expands inside each srun task (one per node), not once in the batch script.
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
-                f"--master_port={MASTER_PORT}", *wrapper]
-    return ["bash", "-c", shlex.join(torchrun).replace(f"--nnodes={nodes}", f"--nnodes={nodes} "
-                                                        "--node_rank=$SLURM_NODEID --master_addr=$MASTER_ADDR")]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={procs}",
+        f"--nnodes={nodes}",
+        f"--master_port={MASTER_PORT}",
+        *wrapper,
+    ]
+    return [
+        "bash",
+        "-c",
+        shlex.join(torchrun).replace(
+            f"--nnodes={nodes}", f"--nnodes={nodes} --node_rank=$SLURM_NODEID --master_addr=$MASTER_ADDR"
+        ),
+    ]
 
 
 def _resources(cfg: JobConfig, d: Derived, stage: Stage) -> tuple[int, int]:
@@ -104,14 +126,21 @@ def _shell(command: list[str]) -> str:
     return shlex.join(command)
 
 
-def _sbatch(cfg: JobConfig, stage: Stage, run_dir: Path, nodes: int, command: list[str],
-            after: list[Stage], env: dict[str, str]) -> str:
+def _sbatch(
+    cfg: JobConfig,
+    stage: Stage,
+    run_dir: Path,
+    nodes: int,
+    command: list[str],
+    after: list[Stage],
+    env: dict[str, str],
+) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     c = cfg.cluster
     srun_args = ["--auto-resume=1"] if c.auto_resume and st.SPECS[stage].distributed else []
     root = shlex.quote(str(Path(__file__).resolve().parent.parent))
-    setup = list(c.setup) + [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    setup = [*list(c.setup), f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
     setup += [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
     if st.SPECS[stage].distributed and nodes > 1:
         setup.append("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
@@ -159,8 +188,20 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
         sbatch = ""
         if cfg.cluster.executor == ExecutorKind.slurm:
             sbatch = _sbatch(cfg, stage, run_dir, nodes, command, after, env)
-        out.append(StagePlan(stage, run, reason, st.final_dir(stage, cfg, run_dir), after, nodes, procs, command,
-                             sbatch, env))
+        out.append(
+            StagePlan(
+                stage,
+                run,
+                reason,
+                st.final_dir(stage, cfg, run_dir),
+                after,
+                nodes,
+                procs,
+                command,
+                sbatch,
+                env,
+            )
+        )
     return Plan(composed, d, run_dir, out)
 
 
@@ -171,9 +212,16 @@ def plan_json(plan: Plan) -> dict:
         "overrides": plan.composed.overrides,
         "derived": as_plain(plan.derived),
         "stages": [
-            {"stage": s.stage.value, "run": s.run, "reason": s.reason, "output": str(s.output),
-             "after": [a.value for a in s.after], "nodes": s.nodes, "processes_per_node": s.processes_per_node,
-             "command": s.command}
+            {
+                "stage": s.stage.value,
+                "run": s.run,
+                "reason": s.reason,
+                "output": str(s.output),
+                "after": [a.value for a in s.after],
+                "nodes": s.nodes,
+                "processes_per_node": s.processes_per_node,
+                "command": s.command,
+            }
             for s in plan.stages
         ],
     }

@@ -26,8 +26,10 @@ def create_run_folder(plan: Plan) -> None:
     yaml = OmegaConf.to_yaml(OmegaConf.structured(plan.cfg))
     (run_dir / "config.yaml").write_text(yaml)
     (run_dir / "plan.txt").write_text(plan.render() + "\n")
-    meta = plan_json(plan) | {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              "executor": plan.cfg.cluster.executor.value}
+    meta = plan_json(plan) | {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "executor": plan.cfg.cluster.executor.value,
+    }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
     pointer = last_run_pointer()
     pointer.parent.mkdir(parents=True, exist_ok=True)

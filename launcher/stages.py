@@ -42,15 +42,40 @@ class StageSpec:
 SPECS: dict[Stage, StageSpec] = {
     s.stage: s
     for s in (
-        StageSpec(Stage.download, "launcher.download:run", (), True, False, "fetch weights/tokenizer from the HF Hub"),
+        StageSpec(
+            Stage.download,
+            "launcher.download:run",
+            (),
+            True,
+            False,
+            "fetch weights/tokenizer from the HF Hub",
+        ),
         StageSpec(Stage.data, "data.prepare:run", (Stage.download,), True, False, "tokenize and pack the corpus"),
-        StageSpec(Stage.convert, "checkpoint.convert:run_stage", (Stage.download,), True, False,
-                  "HF safetensors -> NxD tp x pp shards"),
-        StageSpec(Stage.compile, "train.compile:run", (Stage.data,), False, True,
-                  "neuron_parallel_compile a few steps to warm the compile cache"),
+        StageSpec(
+            Stage.convert,
+            "checkpoint.convert:run_stage",
+            (Stage.download,),
+            True,
+            False,
+            "HF safetensors -> NxD tp x pp shards",
+        ),
+        StageSpec(
+            Stage.compile,
+            "train.compile:run",
+            (Stage.data,),
+            False,
+            True,
+            "neuron_parallel_compile a few steps to warm the compile cache",
+        ),
         StageSpec(Stage.train, "train.main:run", (Stage.data, Stage.convert), False, True, "training loop"),
-        StageSpec(Stage.export, "checkpoint.export:run", (Stage.train,), True, False,
-                  "final checkpoint -> HF safetensors"),
+        StageSpec(
+            Stage.export,
+            "checkpoint.export:run",
+            (Stage.train,),
+            True,
+            False,
+            "final checkpoint -> HF safetensors",
+        ),
     )
 }
 ORDER = list(SPECS)
@@ -132,8 +157,10 @@ def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:
     """The config a stage's output depends on; a change here means the output is rebuilt."""
     c = as_plain(cfg)
     if stage == Stage.download:
-        return {"pretrained_path": c["model"]["pretrained_path"] if cfg.model.init == Init.pretrained else "",
-                "tokenizer": c["data"]["tokenizer"]}
+        return {
+            "pretrained_path": c["model"]["pretrained_path"] if cfg.model.init == Init.pretrained else "",
+            "tokenizer": c["data"]["tokenizer"],
+        }
     if stage == Stage.data:
         data = {k: v for k, v in c["data"].items() if k not in ("output_dir", "num_proc", "name")}
         if cfg.data.source != DataSource.files:
@@ -142,18 +169,33 @@ def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:
             data["sample_vocab_size"] = cfg.model.vocab_size
         return {"data": data}
     arch = {k: v for k, v in c["model"].items() if k not in ("init", "name")}
-    layout = {k: c["parallel"][k] for k in ("tensor_parallel_degree", "pipeline_parallel_degree",
-                                             "kv_size_multiplier", "qkv_linear", "fuse_qkv")}
+    layout = {
+        k: c["parallel"][k]
+        for k in (
+            "tensor_parallel_degree",
+            "pipeline_parallel_degree",
+            "kv_size_multiplier",
+            "qkv_linear",
+            "fuse_qkv",
+        )
+    }
     if stage == Stage.convert:
         return {"model": arch, "layout": layout, "hw": c["cluster"]["accelerator"]}
     if stage == Stage.compile:
-        return {"model": arch, "parallel": c["parallel"], "seq_len": cfg.data.seq_len,
-                "micro_batch_size": cfg.trainer.micro_batch_size}
+        return {
+            "model": arch,
+            "parallel": c["parallel"],
+            "seq_len": cfg.data.seq_len,
+            "micro_batch_size": cfg.trainer.micro_batch_size,
+        }
     train = {
-        "model": c["model"], "parallel": c["parallel"], "data": fingerprint(Stage.data, cfg),
+        "model": c["model"],
+        "parallel": c["parallel"],
+        "data": fingerprint(Stage.data, cfg),
         "optim": c["optim"],
-        "trainer": {k: v for k, v in c["trainer"].items() if k not in ("steps_this_run", "num_threads",
-                                                                       "log_interval")},
+        "trainer": {
+            k: v for k, v in c["trainer"].items() if k not in ("steps_this_run", "num_threads", "log_interval")
+        },
     }
     if stage == Stage.train:
         return train

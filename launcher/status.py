@@ -26,13 +26,17 @@ def _resolve(arg: str | None) -> Path:
     if arg:
         path = Path(arg).expanduser()
         if not (path / "run.json").is_file():
-            raise ValueError(f"{arg} is not a run folder (no run.json in it). Fix: pass the folder the launcher "
-                             f"printed as 'run folder', e.g. runs/tiny-none-local.")
+            raise ValueError(
+                f"{arg} is not a run folder (no run.json in it). Fix: pass the folder the launcher "
+                f"printed as 'run folder', e.g. runs/tiny-none-local."
+            )
         return path
     pointer = last_run_pointer()
     if not pointer.is_file():
-        raise ValueError(f"there is no latest run yet ({pointer} does not exist). Fix: start a run with "
-                         f"`python -m launcher`, or pass a run folder: python -m launcher status RUN.")
+        raise ValueError(
+            f"there is no latest run yet ({pointer} does not exist). Fix: start a run with "
+            f"`python -m launcher`, or pass a run folder: python -m launcher status RUN."
+        )
     return Path(pointer.read_text().strip())
 
 
@@ -44,9 +48,18 @@ def stage_rows(run_dir: Path) -> list[dict]:
         state = s.get("state", "pending")
         if state == "running" and s.get("pgid") and not _alive(int(s["pgid"])):
             state = "died"  # killed (e.g. kill -9) or crashed before it could record an outcome
-        rows.append({"stage": entry["stage"], "state": state, "started": s.get("started") or "",
-                     "ended": s.get("ended") or "", "output": entry["output"], "log": s.get("log", ""),
-                     "error": s.get("error") or "", "summary": s.get("summary") or {}})
+        rows.append(
+            {
+                "stage": entry["stage"],
+                "state": state,
+                "started": s.get("started") or "",
+                "ended": s.get("ended") or "",
+                "output": entry["output"],
+                "log": s.get("log", ""),
+                "error": s.get("error") or "",
+                "summary": s.get("summary") or {},
+            }
+        )
     return rows
 
 

@@ -17,24 +17,78 @@ ARCH_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in 
 
 # config.json values (shared/reference/nxd-llama-example.md §1.1 for Llama 3 / 3.1; Meta's Llama 3.2 configs).
 REFERENCE = {
-    "llama3_8b": dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
-                      intermediate_size=14336, rope_theta=500000.0, max_position_embeddings=8192,
-                      vocab_size=128256, rope_factor=0.0, tie_word_embeddings=False),
-    "llama3_70b": dict(hidden_size=8192, num_attention_heads=64, num_key_value_heads=8, num_hidden_layers=80,
-                       intermediate_size=28672, rope_theta=500000.0, max_position_embeddings=8192,
-                       vocab_size=128256, rope_factor=0.0, tie_word_embeddings=False),
-    "llama3_1_8b": dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
-                        intermediate_size=14336, rope_theta=500000.0, max_position_embeddings=131072,
-                        vocab_size=128256, rope_factor=8.0, tie_word_embeddings=False),
-    "llama3_1_70b": dict(hidden_size=8192, num_attention_heads=64, num_key_value_heads=8, num_hidden_layers=80,
-                         intermediate_size=28672, rope_theta=500000.0, max_position_embeddings=131072,
-                         vocab_size=128256, rope_factor=8.0, tie_word_embeddings=False),
-    "llama3_2_1b": dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=16,
-                        intermediate_size=8192, rope_theta=500000.0, max_position_embeddings=131072,
-                        vocab_size=128256, rope_factor=32.0, tie_word_embeddings=True),
-    "llama3_2_3b": dict(hidden_size=3072, num_attention_heads=24, num_key_value_heads=8, num_hidden_layers=28,
-                        intermediate_size=8192, rope_theta=500000.0, max_position_embeddings=131072,
-                        vocab_size=128256, rope_factor=32.0, tie_word_embeddings=True),
+    "llama3_8b": dict(
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        vocab_size=128256,
+        rope_factor=0.0,
+        tie_word_embeddings=False,
+    ),
+    "llama3_70b": dict(
+        hidden_size=8192,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        num_hidden_layers=80,
+        intermediate_size=28672,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        vocab_size=128256,
+        rope_factor=0.0,
+        tie_word_embeddings=False,
+    ),
+    "llama3_1_8b": dict(
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        rope_factor=8.0,
+        tie_word_embeddings=False,
+    ),
+    "llama3_1_70b": dict(
+        hidden_size=8192,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        num_hidden_layers=80,
+        intermediate_size=28672,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        rope_factor=8.0,
+        tie_word_embeddings=False,
+    ),
+    "llama3_2_1b": dict(
+        hidden_size=2048,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=16,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        rope_factor=32.0,
+        tie_word_embeddings=True,
+    ),
+    "llama3_2_3b": dict(
+        hidden_size=3072,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        num_hidden_layers=28,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        rope_factor=32.0,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -64,8 +118,11 @@ def test_model_numbers_match_the_published_config(name):
         assert getattr(m, key) == value, key
     assert m.rms_norm_eps == 1e-5 and m.bos_token_id == 128000 and m.eos_token_id == 128001
     if m.rope_scaling.factor:
-        assert (m.rope_scaling.low_freq_factor, m.rope_scaling.high_freq_factor,
-                m.rope_scaling.original_max_position_embeddings) == (1.0, 4.0, 8192)
+        assert (
+            m.rope_scaling.low_freq_factor,
+            m.rope_scaling.high_freq_factor,
+            m.rope_scaling.original_max_position_embeddings,
+        ) == (1.0, 4.0, 8192)
 
 
 def test_schema_default_model_is_the_tiny_yaml():
@@ -76,28 +133,59 @@ def test_schema_default_model_is_the_tiny_yaml():
     assert JobConfig().model == tiny
 
 
-@pytest.mark.parametrize("model,parallel,cluster", list(itertools.product(
-    options("model"), options("parallel"), options("cluster"))))
+@pytest.mark.parametrize(
+    "model,parallel,cluster",
+    list(itertools.product(options("model"), options("parallel"), options("cluster"))),
+)
 def test_every_combination_composes(model, parallel, cluster):
     c = compose([f"+model={model}", f"parallel={parallel}", f"cluster={cluster}"])
     assert c.cfg.parallel.name == parallel and c.cfg.cluster.name == cluster and c.cfg.model.name == model
-    assert c.choices["recipe"] == OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml").defaults[1][
-        "override /recipe@_global_.recipe"]
+    assert (
+        c.choices["recipe"]
+        == OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml").defaults[1]["override /recipe@_global_.recipe"]
+    )
 
 
 def test_model_selects_its_recipe_and_the_command_line_wins():
     c = compose(["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod"]).cfg
-    assert (c.optim.lr, c.optim.warmup_steps, c.optim.min_lr, c.optim.schedule.value) == (1.5e-5, 2000, 1e-6,
-                                                                                          "cosine")
-    assert (c.data.name, c.data.seq_len, c.data.tokenizer) == ("wikicorpus", 8192, "meta-llama/Meta-Llama-3-70B")
+    assert (c.optim.lr, c.optim.warmup_steps, c.optim.min_lr, c.optim.schedule.value) == (
+        1.5e-5,
+        2000,
+        1e-6,
+        "cosine",
+    )
+    assert (c.data.name, c.data.seq_len, c.data.tokenizer) == (
+        "wikicorpus",
+        8192,
+        "meta-llama/Meta-Llama-3-70B",
+    )
     assert (c.cluster.nodes, c.trainer.global_batch_size, c.model.init.value) == (16, 1024, "pretrained")
-    c = compose(["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod", "data=sample", "optim.lr=3e-4",
-                 "data.seq_len=4096", "cluster.nodes=8", "model.init=scratch"]).cfg
+    c = compose(
+        [
+            "+model=llama3_70b",
+            "parallel=tp32_pp8",
+            "cluster=hyperpod",
+            "data=sample",
+            "optim.lr=3e-4",
+            "data.seq_len=4096",
+            "cluster.nodes=8",
+            "model.init=scratch",
+        ]
+    ).cfg
     assert (c.data.name, c.optim.lr, c.data.seq_len, c.cluster.nodes, c.model.init.value) == (
-        "sample", 3e-4, 4096, 8, "scratch")
+        "sample",
+        3e-4,
+        4096,
+        8,
+        "scratch",
+    )
     c = compose(["+model=llama3_8b", "parallel=tp32_zero1", "cluster=hyperpod"]).cfg
-    assert (c.optim.lr, c.optim.warmup_steps, c.optim.schedule.value, c.optim.beta2) == (1.5e-4, 100, "linear",
-                                                                                         0.999)
+    assert (c.optim.lr, c.optim.warmup_steps, c.optim.schedule.value, c.optim.beta2) == (
+        1.5e-4,
+        100,
+        "linear",
+        0.999,
+    )
     assert (c.cluster.nodes, c.trainer.seed) == (4, 12349)
 
 
@@ -110,8 +198,17 @@ def test_3_1_models_use_the_size_recipe_with_their_own_weights():
 def test_help_lists_options_and_subcommands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ["status", "cancel", "+model", "tiny", "llama3_70b", "tp32_pp8", "hyperpod", "wikicorpus",
-                 "dry_run"]:
+    for word in [
+        "status",
+        "cancel",
+        "+model",
+        "tiny",
+        "llama3_70b",
+        "tp32_pp8",
+        "hyperpod",
+        "wikicorpus",
+        "dry_run",
+    ]:
         assert word in out
     assert "base" not in out.split("Config groups")[1].split("Frequently")[0]  # schemas are not options
 

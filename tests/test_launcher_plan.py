@@ -38,14 +38,26 @@ def test_70b_plan_is_the_seed_job():
     assert d.layers_per_stage == (10,) * 8
     assert (d.q_heads_per_rank, d.kv_heads_per_rank) == (2, 1)
     assert 70.5e9 < d.parameters < 70.6e9
-    assert [s.stage.value for s in plan.stages] == ["download", "data", "convert", "compile", "train", "export"]
+    assert [s.stage.value for s in plan.stages] == [
+        "download",
+        "data",
+        "convert",
+        "compile",
+        "train",
+        "export",
+    ]
     train = next(s for s in plan.stages if s.stage.value == "train")
     assert [a.value for a in train.after] == ["data", "convert"]
     assert (train.nodes, train.processes_per_node) == (16, 32)
     assert str(train.output).startswith("/fsx/trainium-launcher/runs/llama3_70b-tp32_pp8-hyperpod")
-    for line in ["#SBATCH --nodes=16", "#SBATCH --exclusive", "#SBATCH --kill-on-invalid-dep=yes",
-                 "#SBATCH --dependency='afterok:${JOB_ID_DATA},afterok:${JOB_ID_CONVERT}'",
-                 "export XLA_DISABLE_FUNCTIONALIZATION=0", "export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=7"]:
+    for line in [
+        "#SBATCH --nodes=16",
+        "#SBATCH --exclusive",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "#SBATCH --dependency='afterok:${JOB_ID_DATA},afterok:${JOB_ID_CONVERT}'",
+        "export XLA_DISABLE_FUNCTIONALIZATION=0",
+        "export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=7",
+    ]:
         assert line in train.sbatch
     srun = next(x for x in train.sbatch.splitlines() if x.startswith("srun"))
     assert "--auto-resume=1" in srun and "--nproc_per_node=32 --nnodes=16 --node_rank=$SLURM_NODEID" in srun
@@ -56,7 +68,13 @@ def test_70b_plan_is_the_seed_job():
 
 def test_8b_plan_is_the_seed_recipe():
     d = _plan(H8).derived
-    assert (d.nodes, d.world_size, d.tensor_parallel, d.pipeline_parallel, d.data_parallel) == (4, 128, 32, 1, 4)
+    assert (d.nodes, d.world_size, d.tensor_parallel, d.pipeline_parallel, d.data_parallel) == (
+        4,
+        128,
+        32,
+        1,
+        4,
+    )
     assert (d.batch_per_replica, d.micro_batch_size, d.grad_accum_steps) == (256, 1, 256)
     assert (d.q_heads_per_rank, d.kv_heads_per_rank) == (1, 1)
 
@@ -83,12 +101,31 @@ def test_pipeline_split_follows_nxd_partition():
     assert layers_per_stage(10, 4) == [2, 2, 3, 3]  # remainder to the last stages
 
 
-@pytest.mark.parametrize("model,shapes", [
-    ("llama3_70b", {"qkv": (512, 8192), "o": (8192, 256), "gate_up": (1792, 8192), "down": (8192, 896),
-                    "embed": (4008, 8192)}),
-    ("llama3_8b", {"qkv": (384, 4096), "o": (4096, 128), "gate_up": (896, 4096), "down": (4096, 448),
-                   "embed": (4008, 4096)}),
-])
+@pytest.mark.parametrize(
+    "model,shapes",
+    [
+        (
+            "llama3_70b",
+            {
+                "qkv": (512, 8192),
+                "o": (8192, 256),
+                "gate_up": (1792, 8192),
+                "down": (8192, 896),
+                "embed": (4008, 8192),
+            },
+        ),
+        (
+            "llama3_8b",
+            {
+                "qkv": (384, 4096),
+                "o": (4096, 128),
+                "gate_up": (896, 4096),
+                "down": (4096, 448),
+                "embed": (4008, 4096),
+            },
+        ),
+    ],
+)
 def test_nxd_per_rank_shapes_match_the_reference_table(model, shapes):
     m = compose([f"+model={model}"]).cfg.model
     first = nxd_rank_shapes(m, tp=32, pp=1, kv_size_multiplier=4, fuse_qkv=True, pp_rank=0)
@@ -109,8 +146,11 @@ def test_dry_run_writes_nothing_and_imports_no_torch(isolated):
     proc = run_cli(H70, cwd=isolated, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "world size                 16 nodes x 32 devices = 512" in proc.stdout
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "hydra" in imported and "submitit" in imported  # the profile really covers the run
     for heavy in ("torch", "transformers", "datasets", "numpy", "tokenizers", "safetensors"):
         assert heavy not in imported, f"the launcher imported {heavy}"

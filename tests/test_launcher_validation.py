@@ -19,68 +19,159 @@ CASES = [
     ("model-without-plus", ["model=llama3_70b"], ["model=llama3_70b", "+model=llama3_70b"]),
     ("unknown-model-option", ["+model=llama3_7b"], ["llama3_7b", "+model=llama3_70b"]),
     ("unknown-key-typo", ["optim.lrr=1"], ["optim.lrr", "lrr", "Did you mean optim.lr?"]),
-    ("unknown-nested-key", ["parallel.tensor_paralel_degree=2"],
-     ["parallel.tensor_paralel_degree", "parallel.tensor_parallel_degree"]),
+    (
+        "unknown-nested-key",
+        ["parallel.tensor_paralel_degree=2"],
+        ["parallel.tensor_paralel_degree", "parallel.tensor_parallel_degree"],
+    ),
     ("unknown-top-key", ["foo=1"], ["foo", "Valid keys of the top level", "trainer"]),
     ("plus-on-plain-key", ["+optim.lr=1"], ["+optim.lr=1", "optim.lr=1"]),
     ("wrong-type-float", ["optim.lr=abc"], ["optim.lr=abc", "Float", "optim.lr=3e-4"]),
-    ("wrong-type-int", ["trainer.max_steps=1.5"], ["trainer.max_steps=1.5", "Integer", "trainer.max_steps=8"]),
+    (
+        "wrong-type-int",
+        ["trainer.max_steps=1.5"],
+        ["trainer.max_steps=1.5", "Integer", "trainer.max_steps=8"],
+    ),
     ("bad-enum", ["data.format=foo"], ["data.format=foo", "compact", "nxd"]),
     ("bad-stage-name", ["stages=[data,trian]"], ["stages", "trian", "train"]),
     ("stages-not-a-list", ["stages=data"], ["stages=data", "stages=[data]"]),
     ("bare-word", ["statuss"], ["statuss", "key=value"]),
-    ("heads-not-divisible-by-tp", [*H8, "parallel.tensor_parallel_degree=24"],
-     ["parallel.tensor_parallel_degree=24", "num_attention_heads (32", "16, 32"]),
-    ("tp-not-divisible-by-kvm", [*H8, "parallel.kv_size_multiplier=3"],
-     ["parallel.kv_size_multiplier=3", "must divide", "16, 32"]),
-    ("kv-heads-times-kvm-not-tp", [*H70, "parallel.kv_size_multiplier=2"],
-     ["parallel.kv_size_multiplier=2", "8 x 2 = 16 != 32", "parallel.kv_size_multiplier=4"]),
-    ("torch-kv-heads-not-divisible", ["parallel=cpu_tp2", "parallel.tensor_parallel_degree=8", "dry_run=true"],
-     ["parallel.tensor_parallel_degree=8", "num_key_value_heads (4)", "[1, 2, 4]"]),
-    ("torch-pipeline-refused", ["parallel.pipeline_parallel_degree=2", "dry_run=true"],
-     ["parallel.pipeline_parallel_degree=2", "parallel.pipeline_parallel_degree=1"]),
-    ("layers-not-divisible-by-pp", [*H70, "parallel.pipeline_parallel_degree=3"],
-     ["parallel.pipeline_parallel_degree=3", "num_hidden_layers (80)", "10, 16, 20, 40"]),
-    ("world-not-multiple-of-tp-pp", [*H70, "cluster.nodes=12"],
-     ["cluster.nodes=12", "tp (32) x pp (8) = 256", "cluster.nodes=8"]),
-    ("explicit-dp-mismatch", ["parallel=cpu_dp2", "cluster.devices_per_node=4", "dry_run=true"],
-     ["parallel.data_parallel_degree=2", "!= world size 4", "parallel.data_parallel_degree=-1"]),
-    ("global-batch-not-divisible", [*H70, "trainer.global_batch_size=1023"],
-     ["trainer.global_batch_size=1023", "dp (2) x micro_batch_size (1) = 2", "trainer.global_batch_size=1022"]),
-    ("global-batch-vs-micro", ["trainer.micro_batch_size=5", "dry_run=true"],
-     ["trainer.global_batch_size=16", "micro_batch_size (5) = 5", "trainer.global_batch_size=15"]),
+    (
+        "heads-not-divisible-by-tp",
+        [*H8, "parallel.tensor_parallel_degree=24"],
+        ["parallel.tensor_parallel_degree=24", "num_attention_heads (32", "16, 32"],
+    ),
+    (
+        "tp-not-divisible-by-kvm",
+        [*H8, "parallel.kv_size_multiplier=3"],
+        ["parallel.kv_size_multiplier=3", "must divide", "16, 32"],
+    ),
+    (
+        "kv-heads-times-kvm-not-tp",
+        [*H70, "parallel.kv_size_multiplier=2"],
+        ["parallel.kv_size_multiplier=2", "8 x 2 = 16 != 32", "parallel.kv_size_multiplier=4"],
+    ),
+    (
+        "torch-kv-heads-not-divisible",
+        ["parallel=cpu_tp2", "parallel.tensor_parallel_degree=8", "dry_run=true"],
+        ["parallel.tensor_parallel_degree=8", "num_key_value_heads (4)", "[1, 2, 4]"],
+    ),
+    (
+        "torch-pipeline-refused",
+        ["parallel.pipeline_parallel_degree=2", "dry_run=true"],
+        ["parallel.pipeline_parallel_degree=2", "parallel.pipeline_parallel_degree=1"],
+    ),
+    (
+        "layers-not-divisible-by-pp",
+        [*H70, "parallel.pipeline_parallel_degree=3"],
+        ["parallel.pipeline_parallel_degree=3", "num_hidden_layers (80)", "10, 16, 20, 40"],
+    ),
+    (
+        "world-not-multiple-of-tp-pp",
+        [*H70, "cluster.nodes=12"],
+        ["cluster.nodes=12", "tp (32) x pp (8) = 256", "cluster.nodes=8"],
+    ),
+    (
+        "explicit-dp-mismatch",
+        ["parallel=cpu_dp2", "cluster.devices_per_node=4", "dry_run=true"],
+        ["parallel.data_parallel_degree=2", "!= world size 4", "parallel.data_parallel_degree=-1"],
+    ),
+    (
+        "global-batch-not-divisible",
+        [*H70, "trainer.global_batch_size=1023"],
+        [
+            "trainer.global_batch_size=1023",
+            "dp (2) x micro_batch_size (1) = 2",
+            "trainer.global_batch_size=1022",
+        ],
+    ),
+    (
+        "global-batch-vs-micro",
+        ["trainer.micro_batch_size=5", "dry_run=true"],
+        ["trainer.global_batch_size=16", "micro_batch_size (5) = 5", "trainer.global_batch_size=15"],
+    ),
     ("seq-len-too-long", [*H70, "data.seq_len=9000"], ["data.seq_len=9000", "data.seq_len=8192"]),
     ("seq-len-too-short", ["data.seq_len=1", "dry_run=true"], ["data.seq_len=1", "data.seq_len=2048"]),
-    ("max-steps-zero", ["trainer.max_steps=0", "dry_run=true"], ["trainer.max_steps=0", "trainer.max_steps=1000"]),
+    (
+        "max-steps-zero",
+        ["trainer.max_steps=0", "dry_run=true"],
+        ["trainer.max_steps=0", "trainer.max_steps=1000"],
+    ),
     ("lr-zero", ["optim.lr=0", "dry_run=true"], ["optim.lr=0.0", "optim.lr=3e-4"]),
     ("min-lr-above-lr", ["optim.min_lr=1", "dry_run=true"], ["optim.min_lr=1.0", "optim.min_lr=0.0003"]),
-    ("warmup-longer-than-run", ["optim.warmup_steps=500", "dry_run=true"],
-     ["optim.warmup_steps=500", "trainer.max_steps (300)", "optim.warmup_steps=30"]),
-    ("steps-this-run-zero", ["trainer.steps_this_run=0", "dry_run=true"],
-     ["trainer.steps_this_run=0", "trainer.steps_this_run=-1"]),
-    ("keep-last-zero", ["trainer.keep_last=0", "dry_run=true"], ["trainer.keep_last=0", "trainer.keep_last=2"]),
-    ("val-fraction", ["data.val_fraction=1.5", "dry_run=true"], ["data.val_fraction=1.5", "data.val_fraction=0.01"]),
-    ("kv-heads-not-dividing-heads", ["model.num_key_value_heads=3", "dry_run=true"],
-     ["model.num_key_value_heads=3", "[1, 2, 4, 8]"]),
-    ("hidden-not-divisible-by-heads", ["model.hidden_size=250", "dry_run=true"],
-     ["model.hidden_size=250", "model.hidden_size", "512"]),
-    ("pretrained-without-path", ["model.init=pretrained", "dry_run=true"],
-     ["model.init=pretrained", "model.init=scratch"]),
-    ("pretrained-path-missing", ["model.init=pretrained", "model.pretrained_path=/no/such/model", "dry_run=true"],
-     ["model.pretrained_path=/no/such/model", "does not exist", "config.json"]),
-    ("tokenizer-folder-missing", ["data.tokenizer=/no/such/tokenizer", "dry_run=true"],
-     ["data.tokenizer=/no/such/tokenizer", "tokenizer.json", "save_pretrained"]),
+    (
+        "warmup-longer-than-run",
+        ["optim.warmup_steps=500", "dry_run=true"],
+        ["optim.warmup_steps=500", "trainer.max_steps (300)", "optim.warmup_steps=30"],
+    ),
+    (
+        "steps-this-run-zero",
+        ["trainer.steps_this_run=0", "dry_run=true"],
+        ["trainer.steps_this_run=0", "trainer.steps_this_run=-1"],
+    ),
+    (
+        "keep-last-zero",
+        ["trainer.keep_last=0", "dry_run=true"],
+        ["trainer.keep_last=0", "trainer.keep_last=2"],
+    ),
+    (
+        "val-fraction",
+        ["data.val_fraction=1.5", "dry_run=true"],
+        ["data.val_fraction=1.5", "data.val_fraction=0.01"],
+    ),
+    (
+        "kv-heads-not-dividing-heads",
+        ["model.num_key_value_heads=3", "dry_run=true"],
+        ["model.num_key_value_heads=3", "[1, 2, 4, 8]"],
+    ),
+    (
+        "hidden-not-divisible-by-heads",
+        ["model.hidden_size=250", "dry_run=true"],
+        ["model.hidden_size=250", "model.hidden_size", "512"],
+    ),
+    (
+        "pretrained-without-path",
+        ["model.init=pretrained", "dry_run=true"],
+        ["model.init=pretrained", "model.init=scratch"],
+    ),
+    (
+        "pretrained-path-missing",
+        ["model.init=pretrained", "model.pretrained_path=/no/such/model", "dry_run=true"],
+        ["model.pretrained_path=/no/such/model", "does not exist", "config.json"],
+    ),
+    (
+        "tokenizer-folder-missing",
+        ["data.tokenizer=/no/such/tokenizer", "dry_run=true"],
+        ["data.tokenizer=/no/such/tokenizer", "tokenizer.json", "save_pretrained"],
+    ),
     ("files-without-paths", ["data=files", "dry_run=true"], ["data.paths=[]", 'data.paths=["corpus/*.txt"]']),
-    ("files-glob-matches-nothing", ["data=files", "data.paths=[nowhere/*.txt]", "dry_run=true"],
-     ["data.paths=nowhere/*.txt", "matches no file", "quote them"]),
+    (
+        "files-glob-matches-nothing",
+        ["data=files", "data.paths=[nowhere/*.txt]", "dry_run=true"],
+        ["data.paths=nowhere/*.txt", "matches no file", "quote them"],
+    ),
     ("local-multi-node", ["cluster.nodes=2", "dry_run=true"], ["cluster.nodes=2", "cluster=slurm"]),
-    ("auto-resume-local", ["cluster.auto_resume=true", "dry_run=true"],
-     ["cluster.auto_resume=True", "cluster.auto_resume=false"]),
-    ("nxd-backend-on-cpu", ["trainer.backend=nxd", "dry_run=true"], ["trainer.backend=nxd", "trainer.backend=auto"]),
+    (
+        "auto-resume-local",
+        ["cluster.auto_resume=true", "dry_run=true"],
+        ["cluster.auto_resume=True", "cluster.auto_resume=false"],
+    ),
+    (
+        "nxd-backend-on-cpu",
+        ["trainer.backend=nxd", "dry_run=true"],
+        ["trainer.backend=nxd", "trainer.backend=auto"],
+    ),
     ("stage-not-applicable", ["stages=[convert]", "dry_run=true"], ["stages=[convert]", "data, train"]),
-    ("stage-input-missing", ["stages=[train]"], ["stages=[train]", "stage train reads the output of stage data",
-                                                "stages=[data,train]"]),
-    ("slurm-submission", ["cluster=slurm", "cluster.accelerator=cpu"], ["cluster.executor=slurm", "dry_run=true"]),
+    (
+        "stage-input-missing",
+        ["stages=[train]"],
+        ["stages=[train]", "stage train reads the output of stage data", "stages=[data,train]"],
+    ),
+    (
+        "slurm-submission",
+        ["cluster=slurm", "cluster.accelerator=cpu"],
+        ["cluster.executor=slurm", "dry_run=true"],
+    ),
 ]
 
 
@@ -102,8 +193,15 @@ def test_at_least_25_distinct_bad_configurations():
 
 
 def test_every_problem_is_reported_at_once(isolated, capsys):
-    rc = main([*H70, "trainer.global_batch_size=1023", "data.seq_len=9000", "optim.lr=-1",
-               "parallel.kv_size_multiplier=2"])
+    rc = main(
+        [
+            *H70,
+            "trainer.global_batch_size=1023",
+            "data.seq_len=9000",
+            "optim.lr=-1",
+            "parallel.kv_size_multiplier=2",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "has 4 problems" in err
@@ -127,8 +225,14 @@ def test_tokenizer_larger_than_model_vocabulary(isolated, capsys):
     tok = isolated.parent / "big_tokenizer"
     tok.mkdir()
     vocab = {f"t{i}": i for i in range(5000)}
-    (tok / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
-                                                    "added_tokens": [{"id": 5000, "content": "<s>"}]}))
+    (tok / "tokenizer.json").write_text(
+        json.dumps(
+            {
+                "model": {"type": "BPE", "vocab": vocab, "merges": []},
+                "added_tokens": [{"id": 5000, "content": "<s>"}],
+            }
+        )
+    )
     rc = main([f"data.tokenizer={tok}", "dry_run=true"])
     err = capsys.readouterr().err
     assert rc == 2

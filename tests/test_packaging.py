@@ -20,10 +20,15 @@ def test_no_installed_distribution_shadows_our_packages():
 
 
 def test_packages_resolve_to_this_checkout_from_any_directory(tmp_path):
-    code = "import importlib; print('\\n'.join(importlib.import_module(n).__file__ for n in %r))" % PACKAGES
+    code = f"import importlib; print('\\n'.join(importlib.import_module(n).__file__ for n in {PACKAGES!r}))"
     env_path = {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={**__import__("os").environ, **env_path})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env_path},
+    )
     assert proc.returncode == 0, proc.stderr
     for name, path in zip(PACKAGES, proc.stdout.split()):
         assert path.startswith(str(ROOT / name)), f"{name} imported from {path}"
