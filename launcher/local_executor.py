@@ -6,7 +6,9 @@ both to the terminal and to stages/<stage>/<stage>.log; a stage that fails stops
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +38,11 @@ class LocalExecutor:
             rc = self._run(plan, sp)
             if rc != 0:
                 return rc
+            if _state(plan.run_dir, sp) == "stopped":
+                # Training stopped before max_steps (steps_this_run, or a signal): later stages would read an
+                # unfinished model. Running the same command again continues from the checkpoint.
+                print(f"[{sp.stage.value}] stopped before the end; run the same command again to continue.")
+                return 0
         return 0
 
     def _run(self, plan: Plan, sp: StagePlan) -> int:
@@ -53,20 +60,33 @@ class LocalExecutor:
             sp.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         write_status(plan.run_dir, sp.stage, executor="local", pgid=proc.pid, log=str(log))
+        # A SIGTERM to the launcher (or Ctrl-C) is passed on to the stage's process group as SIGTERM, so the
+        # training loop checkpoints and exits instead of being orphaned; we keep relaying its output meanwhile.
+        previous = signal.signal(signal.SIGTERM, lambda *_: _forward(proc))
         try:
-            _tee(proc, log)
+            try:
+                _tee(proc, log)
+            except KeyboardInterrupt:
+                _forward(proc)
+                _tee(proc, log)
             rc = proc.wait()
-        except KeyboardInterrupt:
-            # Forward Ctrl-C to the stage's process group as SIGTERM: the training loop checkpoints and exits.
-            os.killpg(proc.pid, 15)
-            rc = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         took = time.monotonic() - start
         if rc != 0:
             state = _state(plan.run_dir, sp)
+            if state == "running":  # died before it could record an outcome (killed, crashed interpreter)
+                state = "failed"
+                write_status(plan.run_dir, sp.stage, state=state, exit_code=rc)
             print(f"[{sp.stage.value}] {state} (exit code {rc}) after {took:.1f} s; log: {log}", flush=True)
         else:
             print(f"[{sp.stage.value}] done in {took:.1f} s", flush=True)
         return rc
+
+
+def _forward(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
 
 
 def _state(run_dir: Path, sp: StagePlan) -> str:

@@ -1,0 +1,216 @@
+"""Hugging Face safetensors folders in and out of our model, one tensor at a time.
+
+`load_hf` serves `model.init=pretrained`: it checks config.json against the model config, lists every key from
+the safetensors headers (so a missing, unexpected or unreadable weight is reported before anything is copied),
+then reads one tensor at a time with `safe_open` and copies it into the matching parameter. Peak memory is the
+model plus its largest tensor, never two models. Parameters that are already DTensors (TP / FSDP2) receive
+their local slice only.
+
+`save_hf` writes model.safetensors (or model-0000i-of-0000N.safetensors + model.safetensors.index.json) and a
+config.json that `transformers.LlamaForCausalLM.from_pretrained` loads, under a temporary name renamed into
+place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from checkpoint.hf_adapter import config_mismatches, from_hf_key, to_hf, to_hf_config
+from launcher.schema import ModelConfig
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / "config.json"
+    if not f.is_file():
+        raise ValueError(
+            f"{f} does not exist: model.pretrained_path must be a Hugging Face model folder with config.json "
+            "and *.safetensors (as `save_pretrained` or `huggingface-cli download` writes it)."
+        )
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); re-download or re-export the model folder.") from e
+
+
+def check_config(path: str | Path, cfg: ModelConfig) -> None:
+    """Raise one paragraph naming every field where config.json and the model config disagree."""
+    bad = config_mismatches(read_hf_config(path), cfg)
+    if bad:
+        raise ValueError(
+            f"{Path(path) / 'config.json'} does not match the model config ({cfg.name}): "
+            + "; ".join(bad)
+            + ". The pretrained weights must have the configured architecture: pick the model option that "
+            "matches the checkpoint (+model=...) or point model.pretrained_path at the right folder."
+        )
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of an HF folder: those its index names, else model.safetensors, else all."""
+    root = Path(path)
+    index = root / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index ({e!r}); re-download it.") from e
+        files = [root / name for name in sorted(set(weight_map.values()))]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise ValueError(f"{index} names files that do not exist: {', '.join(absent)}; re-download them.")
+        return files
+    if (root / SINGLE).is_file():
+        return [root / SINGLE]
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ValueError(
+            f"No *.safetensors in {root}: model.pretrained_path needs the weights in safetensors format "
+            "(pytorch_model.bin is not read; convert it with transformers' save_pretrained)."
+        )
+    return files
+
+
+def _keys(file: Path) -> list[str]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({e}); it is probably truncated or "
+            "corrupt: delete it and download or export it again."
+        ) from e
+
+
+@torch.no_grad()
+def load_hf(model: nn.Module, path: str | Path, cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """Copy the weights of the HF folder `path` into `model` (plain or DTensor parameters), in place."""
+    cfg = cfg if cfg is not None else model.cfg
+    check_config(path, cfg)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    plan: dict[Path, list[tuple[str, str]]] = {}
+    unexpected: list[str] = []
+    for file in checkpoint_files(path):
+        for hf_key in _keys(file):
+            ours = from_hf_key(hf_key)
+            if ours is None:
+                continue
+            if ours in params:
+                plan.setdefault(file, []).append((hf_key, ours))
+            else:
+                unexpected.append(f"{hf_key} (in {file.name})")
+    covered = {id(params[ours]) for entries in plan.values() for _, ours in entries}
+    # Tied embeddings: output.weight is tok_embeddings.weight, so either HF key covers both names.
+    missing = [hf_key for hf_key, p in to_hf(params).items() if id(p) not in covered]
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {path} do not fit the model: missing {missing or 'none'}; unexpected "
+            f"{unexpected or 'none'}. The folder must hold every Llama 3 weight of this architecture and no "
+            "other; check that it is a complete download of the intended model."
+        )
+    for file, entries in plan.items():
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for hf_key, ours in entries:
+                    _copy_into(params[ours], f.get_tensor(hf_key), f"{hf_key} in {file}")
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{file} could not be read ({e}); it is corrupt: download it again.") from e
+    return {"path": str(path), "tensors": sum(map(len, plan.values())), "files": len(plan)}
+
+
+def _copy_into(param: torch.Tensor, full: torch.Tensor, where: str) -> None:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    shape = tuple(param.shape)
+    if tuple(full.shape) != shape:
+        raise ValueError(
+            f"{where} has shape {tuple(full.shape)}, the model expects {shape}; the checkpoint "
+            "does not match the model config."
+        )
+    if isinstance(param, DTensor):
+        # Every rank read the full tensor: slice it locally, no communication (src_data_rank=None).
+        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+        param.to_local().copy_(local)
+    else:
+        param.copy_(full)
+
+
+@torch.no_grad()
+def _full_state(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(model_or_state_dict, nn.Module):
+        # DDP: the wrapped model; keep_vars so that DDP + TP shards keep their `_st_info` attribute.
+        sd = getattr(model_or_state_dict, "module", model_or_state_dict).state_dict(keep_vars=True)
+    else:
+        sd = dict(model_or_state_dict)
+    # DTensor (TP/FSDP) values are gathered: every rank of the mesh calls save_hf, rank 0 writes. Under DDP + TP
+    # the parameters are local shards that carry their DTensor layout in `_st_info` (torch's DDP/TP transform).
+    out = {}
+    for k, v in sd.items():
+        info = getattr(v, "_st_info", None)
+        if info is not None:
+            v = DTensor.from_local(v, info.mesh, info.placements, run_check=False, shape=info.shape, stride=info.stride)
+        out[k] = (v.full_tensor() if isinstance(v, DTensor) else v).detach()
+    return out
+
+
+def save_hf(
+    model_or_state_dict: nn.Module | dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> dict[str, Any]:
+    """Write an HF folder at `out_dir` (absent or empty). dtype None keeps the tensors' own dtype."""
+    out = Path(out_dir)
+    hf = to_hf(_full_state(model_or_state_dict))
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return {"path": str(out), "written": False}  # every rank gathered; rank 0 writes
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} already exists and is not empty; save_hf never overwrites. Remove it first.")
+    if cfg.tie_word_embeddings:
+        hf.pop("lm_head.weight", None)  # as save_pretrained: transformers re-ties it from embed_tokens
+    tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in hf.items()}
+    shards: list[list[str]] = [[]]
+    size = 0
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += n
+    names = (
+        [SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, keys in zip(names, shards):
+        save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata={"format": "pt"})
+    total = sum(v.numel() * v.element_size() for v in tensors.values())
+    if len(shards) > 1:
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    first = next(iter(tensors.values()))
+    torch_dtype = str(first.dtype).removeprefix("torch.")
+    (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg, torch_dtype), indent=2) + "\n")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return {"path": str(out), "written": True, "files": names, "total_size": total, "tensors": len(tensors)}

@@ -1,0 +1,127 @@
+"""Shared helpers for tests/test_train_*.py: a real prepared dataset (the data stage on the sample corpus with
+a small BPE vocabulary) and real training processes (`python -m launcher.job RUN train`, under torchrun for
+several ranks), exactly what the launcher runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from launcher.schema import JobConfig, ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"\[train\] step +(\d+)/\d+ \| loss ([0-9.]+) \| lr ([0-9.e+-]+) \| grad norm ([0-9.]+)")
+
+# Small enough that a step takes milliseconds; every degree used in the tests (tp 2) divides it.
+SMALL_MODEL = ModelConfig(
+    name="test",
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+def small_config(cache: Path, **trainer) -> JobConfig:
+    cfg = JobConfig(model=replace(SMALL_MODEL))
+    cfg.cluster.cache_dir = str(cache)
+    cfg.data.seq_len = 64
+    cfg.data.num_proc = 1
+    cfg.optim.warmup_steps = 5
+    cfg.trainer.max_steps = 20
+    cfg.trainer.global_batch_size = 8
+    cfg.trainer.micro_batch_size = 2
+    cfg.trainer.log_interval = 1
+    cfg.trainer.eval_interval = 10
+    cfg.trainer.eval_batches = 2
+    cfg.trainer.checkpoint_interval = 5
+    cfg.trainer.keep_last = 2
+    for k, v in trainer.items():
+        setattr(cfg.trainer, k, v)
+    return cfg
+
+
+def write_config(run_dir: Path, cfg: JobConfig) -> None:
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def env(threads: int = 1) -> dict[str, str]:
+    e = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [e.get("PYTHONPATH")])])
+    return e
+
+
+def job_command(run_dir: Path, stage: str = "train", procs: int = 1) -> list[str]:
+    if procs == 1:
+        return [sys.executable, "-m", "launcher.job", str(run_dir), stage]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        "-m",
+        "launcher.job",
+        str(run_dir),
+        stage,
+    ]
+
+
+def run_job(run_dir: Path, cfg: JobConfig, procs: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+    write_config(run_dir, cfg)
+    return subprocess.run(
+        job_command(run_dir, procs=procs), env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def start_job(run_dir: Path, cfg: JobConfig, log: Path) -> subprocess.Popen:
+    write_config(run_dir, cfg)
+    return subprocess.Popen(job_command(run_dir), env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def losses(stdout: str) -> dict[int, float]:
+    """step -> logged loss (the value as printed, 4 decimals)."""
+    return {int(m.group(1)): float(m.group(2)) for m in LINE.finditer(stdout)}
+
+
+def tb_scalars(tb_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, value) of every event TensorBoard would show, after its purge of restarted runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "stages" / "train" / "status.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """The cache folder holding the sample corpus prepared for SMALL_MODEL (made once per session)."""
+    cache = tmp_path_factory.getbasetemp() / "train-cache"
+    cfg = small_config(cache)
+    from launcher.stages import MARKER, data_dir
+
+    if not (data_dir(cfg) / MARKER).exists():
+        run_dir = tmp_path_factory.getbasetemp() / "train-data-run"
+        write_config(run_dir, cfg)
+        proc = subprocess.run(
+            job_command(run_dir, "data"), env=env(2), capture_output=True, text=True, timeout=600, cwd=ROOT
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return cache

@@ -1,0 +1,252 @@
+"""Atomic, verifiable training checkpoints: `<run_dir>/checkpoints/step_N/`.
+
+    step_N/
+      model/dp_rank_XX_tp_rank_YY_pp_rank_ZZ.pt   this rank's model tensors (NxD's file naming)
+      optim/dp_rank_XX_tp_rank_YY_pp_rank_ZZ.pt   its optimizer state and param-group settings
+      rng/rank_NNNNN.pt                           every rank's RNG states
+      metadata.json                               step, data position, scheduler, layout fingerprint, manifest
+      COMPLETE                                    written last; "latest" = newest step_N that has it
+
+Every rank writes into `.step_N.tmp/` and hashes what it wrote; rank 0 gathers each rank's (size, sha256)
+into the manifest, writes metadata.json and COMPLETE, fsyncs, and renames the
+folder into place. A process killed at any moment leaves either a complete step_N or a `.step_N.tmp` that the
+next start deletes, so the previous checkpoint always stays loadable. Corruption after the fact (a truncated
+or edited file) is caught by the manifest and reported with the file's path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch.distributed as dist
+
+from launcher.arithmetic import derive
+from launcher.schema import JobConfig, as_plain
+
+COMPLETE = "COMPLETE"
+METADATA = "metadata.json"
+STEP_RE = re.compile(r"^step_(\d+)$")
+FORMAT_VERSION = 1
+
+
+class ShardIO(Protocol):
+    """What a backend provides: write/read this rank's files in a checkpoint folder."""
+
+    def save_shards(self, folder: Path) -> list[Path]: ...
+
+    def load_shards(self, folder: Path) -> None: ...
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step}"
+
+
+def complete_steps(root: Path) -> list[tuple[int, Path]]:
+    if not root.exists():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest(root: Path) -> Path | None:
+    steps = complete_steps(root)
+    return steps[-1][1] if steps else None
+
+
+def clean_stale(root: Path) -> None:
+    """Leftovers of a killed save or prune (never a complete checkpoint): rank 0, before any save."""
+    if root.exists():
+        for p in root.iterdir():
+            if p.name.startswith((".step_", ".trash-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def layout(cfg: JobConfig) -> dict[str, Any]:
+    """What must be equal for a checkpoint to load: the architecture and how it is split over processes."""
+    d = derive(cfg)
+    arch = {k: v for k, v in as_plain(cfg.model).items() if k not in ("name", "init", "pretrained_path")}
+    return {
+        "model": arch,
+        "parallel": {
+            "tensor_parallel_degree": d.tensor_parallel,
+            "pipeline_parallel_degree": d.pipeline_parallel,
+            "data_parallel_degree": d.data_parallel,
+            "data_parallel_mode": as_plain(cfg.parallel.data_parallel_mode),
+            "backend": d.backend.value,
+        },
+    }
+
+
+def fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def save(root: Path, step: int, *, io: ShardIO, cfg: JobConfig, state: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the published step_N folder."""
+    tmp = root / f".step_{step}.tmp"
+    final = step_dir(root, step)
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    written = io.save_shards(tmp)
+    # Each rank hashes only what it wrote, in parallel; rank 0 assembles the manifest.
+    mine = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in written}
+    manifest: dict[str, Any] = {}
+    for part in _gather(mine):
+        manifest.update(part)
+    if _rank() == 0:
+        lay = layout(cfg)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            **state,
+            "layout": lay,
+            "layout_fingerprint": fingerprint(lay),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": dict(sorted(manifest.items())),
+        }
+        _write_json(tmp / METADATA, meta)
+        _write_json(tmp / COMPLETE, {"step": step})
+        _fsync_dir(tmp)
+        if final.exists():  # a rerun saving the same step: swap, never delete the old one before the new is in
+            trash = root / f".trash-{final.name}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        prune(root, keep_last)
+    _barrier()
+    return final
+
+
+def prune(root: Path, keep_last: int) -> None:
+    if keep_last < 1:
+        return
+    for _, path in complete_steps(root)[:-keep_last]:
+        # Rename first: a kill during rmtree leaves a .trash- folder, never a half-deleted "complete" step.
+        trash = root / f".trash-{path.name}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    meta_path = path / METADATA
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta["files"], dict) or not isinstance(meta["step"], int):
+            raise TypeError("files must be a mapping and step an integer")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"The checkpoint {path} is corrupt: {meta_path} cannot be read ({type(exc).__name__}: "
+            f"{exc}). Delete {path} to resume from the checkpoint before it, or start over in a new "
+            f"run_dir."
+        ) from None
+    return meta
+
+
+def check_compatible(path: Path, meta: dict[str, Any], cfg: JobConfig) -> None:
+    diffs = _differences(meta.get("layout", {}), layout(cfg))
+    if diffs:
+        raise ValueError(
+            f"The checkpoint {path} was made with a different model or parallel layout than this "
+            f"config, so its shards cannot be loaded: {'; '.join(diffs)}. Use the config it was "
+            f"made with, or start a new run (another run_dir) for the new model/layout."
+        )
+
+
+def verify(path: Path, meta: dict[str, Any]) -> None:
+    """Collective: every file of the manifest is checked by one rank; all ranks raise the same error."""
+    rank = _rank()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    problems = []
+    for i, (name, rec) in enumerate(sorted(meta["files"].items())):
+        if i % world != rank:
+            continue
+        f = path / name
+        if not f.exists():
+            problems.append(f"{f} is missing")
+        elif f.stat().st_size != rec["bytes"]:
+            problems.append(f"{f} has {f.stat().st_size} bytes, the manifest says {rec['bytes']}")
+        elif _sha256(f) != rec["sha256"]:
+            problems.append(f"{f} does not match its sha256 in {path / METADATA}")
+    found = sorted(p for part in _gather(problems) for p in part)
+    if found:
+        raise ValueError(
+            f"The checkpoint {path} is corrupt: {'; '.join(found)}. Delete {path} to resume from "
+            f"the checkpoint before it, or start over in a new run_dir."
+        )
+
+
+def load(path: Path, *, io: ShardIO, cfg: JobConfig) -> dict[str, Any]:
+    """Collective. Checks compatibility and integrity, then loads this rank's shards; returns the metadata."""
+    meta = read_metadata(path)
+    check_compatible(path, meta, cfg)
+    verify(path, meta)
+    io.load_shards(path)
+    return meta

@@ -1,0 +1,181 @@
+"""The one training loop: resume, data, steps, logging, evaluation, checkpoints, signals, NaN checks.
+
+Everything device- or parallelism-specific is behind the backend (train/backend.py). Step numbers are
+1-based: "step N" is the N-th optimizer step, and checkpoint step_N holds the state after it. The schedule is
+always the full `trainer.max_steps`; `trainer.steps_this_run` only decides where this process stops.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from data.loader import Split, TrainBatches, check_dataset, eval_batches
+from launcher.arithmetic import derive
+from launcher.schema import JobConfig
+from launcher.stages import StageContext
+from train import checkpoint as ckpt
+from train.backend import TrainBackend
+from train.logging import MetricLogger
+from train.signals import Preempted, StopRequest
+
+
+def _window_end(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0
+
+
+def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: float | None = None) -> dict[str, Any]:
+    t = cfg.trainer
+    started = time.perf_counter() if started is None else started
+    info = check_dataset(cfg)
+    root = Path(ctx.final_dir)
+    lead = backend.rank == 0
+    if lead:
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale(root)
+    backend.barrier()
+    resume = ckpt.latest(root)
+    backend.build(resuming=resume is not None)
+    step = consumed = 0
+    if resume is not None:
+        meta = ckpt.load(resume, io=backend, cfg=cfg)
+        step, consumed = int(meta["step"]), int(meta["consumed_samples"])
+        backend.scheduler.load_state_dict(meta["scheduler"])
+    log = MetricLogger(Path(ctx.run_dir) / "tensorboard", enabled=lead, resume_step=step, max_steps=t.max_steps)
+    d = derive(cfg)
+    log.info(
+        f"resumed from {resume} (step {step}, {consumed:,} samples consumed)"
+        if resume
+        else f"starting from step 0 ({cfg.model.init.value} init)"
+    )
+    log.info(
+        f"{d.parameters:,} parameters | tp {d.tensor_parallel} x dp {d.data_parallel} | global batch "
+        f"{t.global_batch_size} = dp {d.data_parallel} x {d.grad_accum_steps} accumulation x micro "
+        f"{t.micro_batch_size} | {d.tokens_per_step:,} tokens/step | {cfg.trainer.precision.value}"
+    )
+    train_split = Split(info.path / "train")
+    val_split = Split(info.path / "validation")
+    batches = TrainBatches(
+        train_split,
+        global_batch=t.global_batch_size,
+        micro_batch=t.micro_batch_size,
+        dp_rank=backend.dp_rank,
+        dp_size=backend.dp_size,
+        seed=t.seed,
+        # No schema field yet: shuffling is off, as in NxD's examples, unless one is added.
+        shuffle=bool(getattr(t, "shuffle", False)),
+        consumed=consumed,
+    )
+    held_out = eval_batches(
+        val_split,
+        global_batch=t.global_batch_size,
+        micro_batch=t.micro_batch_size,
+        num_batches=t.eval_batches,
+        dp_rank=backend.dp_rank,
+        dp_size=backend.dp_size,
+    )
+    end = t.max_steps if t.steps_this_run < 0 else min(t.max_steps, step + t.steps_this_run)
+    first_step, last_saved = step, resume
+    summary: dict[str, Any] = {"resumed_from": str(resume) if resume else None, "start_step": step}
+    losses: list[float] = []
+    window: list[tuple[float, float]] = []  # (loss, seconds) since the last log line
+    train_seconds, timed_steps = 0.0, 0
+    val_loss = None
+    stop = StopRequest().install()
+    startup = time.perf_counter() - started
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            micro = batches.next_step()
+            lr = _lr_of(backend)
+            res = backend.train_step(micro, stop.requested)
+            dt = time.perf_counter() - t0
+            step += 1
+            if not (_finite(res.loss) and _finite(res.grad_norm)):
+                what = "loss" if not _finite(res.loss) else "gradient norm"
+                value = res.loss if what == "loss" else res.grad_norm
+                good = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
+                raise ValueError(
+                    f"Training diverged: the {what} is {value} at step {step} (the optimizer step was skipped); "
+                    f"{good}. Lower optim.lr (now {cfg.optim.lr:g}) or raise optim.warmup_steps, or use "
+                    f"trainer.precision=fp32, then rerun: it resumes from the last good checkpoint."
+                )
+            losses.append(res.loss)
+            window.append((res.loss, dt))
+            if step > first_step + 1 or end - first_step == 1:
+                train_seconds, timed_steps = train_seconds + dt, timed_steps + 1
+            if _window_end(step, t.log_interval) or step == end:
+                secs = sum(s for _, s in window)
+                log.train(
+                    step,
+                    loss=res.loss,
+                    lr=lr,
+                    grad_norm=res.grad_norm,
+                    tokens_per_s=d.tokens_per_step * len(window) / secs,
+                    step_time=secs / len(window),
+                )
+                window.clear()
+            at_end = step == t.max_steps and t.eval_interval > 0
+            if (_window_end(step, t.eval_interval) or at_end) and val_split.rows:
+                val_loss, blocks = backend.eval_loss(held_out)
+                log.validation(step, val_loss, blocks)
+            if _window_end(step, t.checkpoint_interval) or step == end or res.stop:
+                last_saved = _save(root, step, backend, cfg, batches.consumed, log)
+            if res.stop:
+                log.info(
+                    f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
+                    f"checkpoint {last_saved}; rerun the same command (or requeue) to resume"
+                )
+                log.close()
+                raise Preempted(stop.signal_name or "signal", str(last_saved))
+    finally:
+        stop.uninstall()
+        log.close()
+    if last_saved is None:  # nothing to do: resumed at or past max_steps
+        last_saved = resume
+    summary.update(
+        {
+            "completed": step >= t.max_steps,
+            "step": step,
+            "max_steps": t.max_steps,
+            "steps": step - first_step,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "val_loss": val_loss,
+            "tokens_per_s": round(d.tokens_per_step * timed_steps / train_seconds, 1) if train_seconds else None,
+            "startup_seconds": round(startup, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+            "checkpoint": str(last_saved) if last_saved else None,
+            "tensorboard": str(Path(ctx.run_dir) / "tensorboard"),
+        }
+    )
+    if step >= t.max_steps:
+        log.info(
+            f"done: step {step}/{t.max_steps}, loss {summary['loss_first']} -> {summary['loss_last']}, "
+            f"checkpoint {last_saved}"
+        )
+    else:
+        log.info(
+            f"stopped after step {step} of {t.max_steps} (trainer.steps_this_run={t.steps_this_run}); "
+            f"checkpoint {last_saved}; run the same command again to continue"
+        )
+    return summary
+
+
+def _lr_of(backend: TrainBackend) -> float:
+    """The rate the next optimizer step uses (read before the step: the scheduler moves on after it)."""
+    return backend.scheduler.get_last_lr()[0]
+
+
+def _save(root: Path, step: int, backend: TrainBackend, cfg: JobConfig, consumed: int, log: MetricLogger) -> Path:
+    t0 = time.perf_counter()
+    state = {"consumed_samples": consumed, "scheduler": backend.scheduler.state_dict()}
+    path = ckpt.save(root, step, io=backend, cfg=cfg, state=state, keep_last=cfg.trainer.keep_last)
+    log.flush()
+    log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")
+    return path
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
