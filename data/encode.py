@@ -4,6 +4,8 @@ Each worker reads its own pieces (reading scales with the workers) and encodes t
 `encode_batch_fast` on one thread, so `num_proc` workers use `num_proc` cores. At most `2 * num_proc` pieces
 are in flight: memory stays bounded however large the corpus is. `num_proc=1` runs in this process.
 Workers are spawned (not forked): the parent may hold tokenizer or OpenMP thread pools that fork would break.
+A worker that dies (the OOM killer, a stray `kill -9`) would leave its piece unanswered forever in a plain
+`multiprocessing.Pool`; the parent watches its workers while it waits and stops with an error instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from data.sources import Piece, read
 BATCH_DOCS = 1024
 BATCH_CHARS = 1 << 20
 STARTUP_TIMEOUT_S = 600
+# How often the parent checks that its workers are alive while it waits for a piece.
+WATCH_INTERVAL_S = 1.0
 
 _TOKENIZER: Any = None
 _EOS: int | None = None
@@ -51,7 +55,8 @@ def init(tokenizer_json: str, eos_id: int | None, single_thread: bool = True, re
     _TOKENIZER = Tokenizer.from_str(tokenizer_json)
     _EOS = eos_id
     if ready is not None:
-        # A worker restarted after start-up finds the barrier passed or broken: nothing to wait for.
+        # A replacement for a dead worker finds a fresh (cyclic) barrier and waits in vain until the parent,
+        # which stops on a dead worker, terminates the pool.
         with contextlib.suppress(threading.BrokenBarrierError):
             ready.wait(STARTUP_TIMEOUT_S)
 
@@ -94,10 +99,12 @@ class Encoder:
     def __init__(self, tokenizer_json: str, eos_id: int | None, num_proc: int):
         self.num_proc = num_proc
         self.pool = None
+        self.workers: list[Any] = []
         if num_proc > 1:
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
+            before = set(mp.active_children())
             # Every worker loads the tokenizer before the first piece is handed out, so the work spreads over
             # all of them and start-up is measured apart from encoding.
             ready = ctx.Barrier(num_proc + 1)
@@ -107,6 +114,7 @@ class Encoder:
             except BaseException:
                 self.close()
                 raise
+            self.workers = [p for p in mp.active_children() if p not in before]
         else:
             init(tokenizer_json, eos_id, single_thread=False)
 
@@ -118,9 +126,25 @@ class Encoder:
         for piece in pieces:
             window.append(self.pool.apply_async(encode_piece, (piece,)))
             if len(window) >= 2 * self.num_proc:
-                yield window.popleft().get()
+                yield self._wait(window.popleft())
         while window:
-            yield window.popleft().get()
+            yield self._wait(window.popleft())
+
+    def _wait(self, result: Any) -> Encoded:
+        import multiprocessing as mp
+
+        while True:
+            try:
+                return result.get(WATCH_INTERVAL_S)
+            except mp.TimeoutError:
+                dead = [p for p in self.workers if p.exitcode is not None]
+                if dead:
+                    codes = ", ".join(f"pid {p.pid} exit code {p.exitcode}" for p in dead)
+                    raise RuntimeError(
+                        f"data stage: an encode worker died ({codes}; -9 is SIGKILL, often the OOM killer), "
+                        f"so its piece of the corpus will never arrive. Nothing was published; rerun the "
+                        f"stage (with a lower data.num_proc if memory ran out)."
+                    ) from None
 
     def close(self) -> None:
         if self.pool is not None:

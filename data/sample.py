@@ -3,7 +3,8 @@
 `pydoc_data.topics` holds the language reference sections that `help()` shows (about 460 kB of prose and
 grammar). Each topic is cut at paragraph boundaries into documents of at least `MIN_CHARS` characters, so the
 corpus has a few hundred documents and `data.val_fraction` can hold some of them out. Deterministic for a given
-Python version (the topics change between CPython releases; the data stage's fingerprint covers the output).
+Python version; the topics change between CPython releases, which the data stage's fingerprint (settings only)
+does not see: a dataset prepared under another CPython is reused as is (`force=true` rebuilds it).
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ class Derived:
             ("tokens per step", f"{self.tokens_per_step:,}"),
             ("layers per pipeline stage", ", ".join(map(str, self.layers_per_stage))),
             ("heads per tp rank", f"{self.q_heads_per_rank} q / {self.kv_heads_per_rank} kv"),
-            ("parameters", f"{self.parameters:,} ({self.parameters / 1e9:.2f} B)"),
+            ("parameters", f"{self.parameters:,} ({_human(self.parameters)})"),
             ("parameters per device", f"{self.parameters_per_device:,}"),
             (
                 "memory per device",
@@ -205,3 +205,8 @@ def derive(cfg: JobConfig) -> Derived:
         state_gb_per_device=per_device * bytes_per_param / 2**30,
         device_memory_gb=cfg.cluster.device_memory_gb or DEVICE_MEMORY_GB.get(cfg.cluster.accelerator, 0.0),
     )
+
+
+def _human(n: int) -> str:
+    """70.55 B, 8.03 B, 4.2 M: the scale people quote model sizes in."""
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"

@@ -111,14 +111,8 @@ def applicable(cfg: JobConfig) -> list[Stage]:
     if nxd:
         out.append(Stage.compile)
     out.append(Stage.train)
-    if nxd or _export_ready():
-        out.append(Stage.export)
+    out.append(Stage.export)
     return out
-
-
-def _export_ready() -> bool:
-    # The torch-backend export ships with the conversion work; until then local runs stop after training.
-    return (Path(__file__).resolve().parent.parent / "checkpoint" / "export.py").exists()
 
 
 def selected(cfg: JobConfig) -> list[Stage]:

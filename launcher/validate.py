@@ -463,6 +463,19 @@ def validate(composed: Composed) -> list[str]:
                 "add dry_run=true to print the plan and scripts.",
             )
         )
+    nxd_jobs = [s.value for s in st.selected(cfg) if s in (Stage.compile, Stage.train)]
+    if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
+        add(
+            Problem(
+                "cluster.accelerator",
+                c.accelerator,
+                "running the nxd backend (trn1: neuron_parallel_compile and NxD training) is the next step of the "
+                "roadmap; this version plans it (and converts checkpoints for it) but does not run "
+                f"{' or '.join(nxd_jobs)}.",
+                "add dry_run=true to print the plan, run stages=[data] or stages=[convert] on their own, or use "
+                "cluster.accelerator=trn2 (the torch backend through TorchNeuron), cuda or cpu.",
+            )
+        )
     return [pr.render(composed) for pr in problems]
 
 

@@ -125,6 +125,19 @@ def test_hub_layout_missing(tmp_path):
     _fails(cfg, tmp_path, "raw_en/train", "data.hub_config")
 
 
+def test_hub_download_failure_names_repo_and_revision(tmp_path, monkeypatch):
+    """The wikicorpus config's hub path up to the download, with huggingface_hub's offline switch on (the
+    process may have imported huggingface_hub already, so its constant is set rather than HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    from launcher.compose import compose
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = compose(["data=wikicorpus", f"cluster.cache_dir={tmp_path / 'cache'}"]).cfg
+    assert (cfg.data.hub_dataset, cfg.data.hub_config) == ("gboleda/wikicorpus", "raw_en")
+    _fails(cfg, tmp_path, "data.hub_dataset='gboleda/wikicorpus'", "'refs/convert/parquet'", "download failed")
+
+
 def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", documents(30))
     cfg = make_cfg(tmp_path, paths=[str(path)], seq_len=32, val_fraction=0.0)

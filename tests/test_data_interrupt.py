@@ -1,5 +1,6 @@
 """Ctrl-C and kill -9 in the middle of the data stage (run by the real job wrapper, `python -m launcher.job`):
-the output path holds nothing, the workers go away, a rerun completes, and a further rerun is skipped."""
+the output path holds nothing, the workers go away, a dead worker stops the stage instead of hanging it, a
+rerun completes, and a further rerun is skipped."""
 
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -49,7 +57,8 @@ def _wait_until_encoding(proc: subprocess.Popen, final: Path, timeout: float = 1
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()
-        if any(p.stat().st_size > 0 for p in final.parent.glob(f".{final.name}.tmp-*/_tmp/train.arrow")):
+        arrow = final.with_name(f".{final.name}.tmp-{proc.pid}") / "_tmp" / "train.arrow"
+        if arrow.is_file() and arrow.stat().st_size > 0:  # this run's (a killed run leaves its own behind)
             return _children(proc.pid)
         time.sleep(0.05)
     raise AssertionError("the data stage never started writing")
@@ -71,8 +80,8 @@ def test_ctrl_c_and_kill_9_leave_nothing_then_rerun_completes_and_skips(tmp_path
 
     for sig in (signal.SIGINT, signal.SIGKILL):
         proc = _start(run_dir)
-        workers = _wait_until_encoding(proc, final)
-        assert len(workers) >= 2
+        workers = _wait_until_encoding(proc, final)  # the two pool workers and multiprocessing's tracker
+        assert len([w for w in workers if b"spawn_main" in _cmdline(w)]) == 2
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), out
@@ -82,9 +91,24 @@ def test_ctrl_c_and_kill_9_leave_nothing_then_rerun_completes_and_skips(tmp_path
             time.sleep(0.1)
         assert not any(_alive(w) for w in workers), "worker processes outlived the stage"
 
+    # A worker killed mid-way (as the OOM killer would): the stage stops with an error instead of waiting
+    # forever for the piece that worker held, and publishes nothing.
+    proc = _start(run_dir)
+    workers = [w for w in _wait_until_encoding(proc, final) if b"spawn_main" in _cmdline(w)]  # not the tracker
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "an encode worker died" in out and "exit code -9" in out, out
+    assert not final.exists()
+    deadline = time.time() + 30
+    while _alive(workers[1]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(workers[1]), "the other worker outlived the stage"
+
     proc = _start(run_dir)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
+    assert "docs/s" in out and "tok/s" in out  # the progress bar, in a log (not a terminal)
     assert (final / "_stage.json").is_file() and (final / "train" / "state.json").is_file()
     assert "documents" in out and not list(final.parent.glob(f".{final.name}.tmp-*"))
 

@@ -20,7 +20,7 @@ def _split(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
     return [d for d, h in zip(docs, held) if not h], [d for d, h in zip(docs, held) if h]
 
 
-def test_packed_stream_equals_documents_tokenized_one_by_one(tmp_path):
+def test_packed_stream_equals_documents_tokenized_one_by_one(tmp_path, capsys):
     docs = documents(300, seed=1)
     path = write_jsonl(tmp_path / "corpus.jsonl", docs)
     cfg = make_cfg(tmp_path, paths=[str(path)], seq_len=64, val_fraction=0.1)
@@ -42,6 +42,11 @@ def test_packed_stream_equals_documents_tokenized_one_by_one(tmp_path):
     assert s["documents"] == 300 and s["vocab_size"] == 2048 and s["seq_len"] == 64
     assert s["bytes_written"] > 4 * 64 * len(want_train)
     assert (out / "_stage.json").is_file() and not list(tmp_path.glob(".out.tmp*"))
+    # The progress bar (stderr) reports documents/s and tokens/s; the summary line (stdout) the totals.
+    printed = capsys.readouterr()
+    assert "docs/s" in printed.err and "tok/s" in printed.err
+    assert f"{s['documents']:,} documents -> {s['tokens']:,} tokens" in printed.out
+    assert f"{s['tokens_dropped']:,} tokens dropped" in printed.out and "MB written" in printed.out
 
 
 def test_append_eos_adds_one_eos_after_each_document(tmp_path):
@@ -189,8 +194,8 @@ def test_wikicorpus_hub_path_on_local_parquet(tmp_path):
     assert s["files"] == 2 and s["documents"] == 120
 
 
-@pytest.mark.parametrize("suffix", [".txt", ".parquet"])
-def test_txt_and_parquet_files(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".parquet"])
+def test_txt_jsonl_and_parquet_files_by_glob_with_a_configured_text_field(tmp_path, suffix):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -200,6 +205,9 @@ def test_txt_and_parquet_files(tmp_path, suffix):
     if suffix == ".txt":
         for i, d in enumerate(docs):
             (folder / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
+    elif suffix == ".jsonl":
+        write_jsonl(folder / "a.jsonl", docs[:5], field="body")
+        write_jsonl(folder / "b.jsonl", docs[5:], field="body")
     else:
         pq.write_table(pa.table({"body": docs}), folder / "a.parquet", row_group_size=5)
     cfg = make_cfg(
@@ -207,8 +215,32 @@ def test_txt_and_parquet_files(tmp_path, suffix):
         paths=[str(folder / f"*{suffix}")],
         seq_len=32,
         val_fraction=0.0,
-        text_field="body" if suffix == ".parquet" else "text",
+        text_field="text" if suffix == ".txt" else "body",
     )
     prepare(cfg, tmp_path / "out")
     want, _ = reference_blocks(hf_tokenizer(cfg), docs, 32)
     assert np.array_equal(load_blocks(tmp_path / "out" / "train"), want)
+
+
+def test_rerun_is_skipped_and_changed_settings_rebuild(tmp_path):
+    """Through the job wrapper: the same settings are skipped; a changed setting rebuilds in place."""
+    from launcher import job
+    from launcher.schema import Stage
+    from launcher.stages import data_dir
+
+    path = write_jsonl(tmp_path / "c.jsonl", documents(60, seed=8))
+    cfg = make_cfg(tmp_path, paths=[str(path)], seq_len=32, val_fraction=0.0)
+    cfg.data.output_dir = str(tmp_path / "prepared")
+    run_dir = tmp_path / "run"
+    first = job.run_stage(run_dir, Stage.data, cfg)
+    final = data_dir(cfg)
+    assert first["blocks"]["train"] > 0 and load_blocks(final / "train").shape[1] == 32
+    again = job.run_stage(run_dir, Stage.data, cfg)
+    assert again == {"skipped": True, "reason": f"complete at {final}"}
+    cfg.data.num_proc = 2  # not a setting the output depends on: still skipped
+    assert job.run_stage(run_dir, Stage.data, cfg)["skipped"]
+    cfg.data.seq_len = 16
+    rebuilt = job.run_stage(run_dir, Stage.data, cfg)
+    assert "skipped" not in rebuilt and rebuilt["seq_len"] == 16
+    assert load_blocks(final / "train").shape == (rebuilt["blocks"]["train"], 16)
+    assert not list(final.parent.glob(f".{final.name}.*"))

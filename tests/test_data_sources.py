@@ -55,3 +55,12 @@ def test_validation_mask_is_even_starts_at_zero_and_independent_of_chunking():
     assert np.array_equal(whole, chunks)
     assert validation_mask(0, 50, Fraction(0)).sum() == 0
     assert abs(validation_mask(0, 10_000, Fraction(3, 40)).sum() - 750) <= 1
+
+
+def test_quoted_paths_on_the_command_line_compose_to_a_list():
+    """The quoting docs/data.md documents: a list in brackets, items with spaces or globs in double quotes."""
+    from launcher.compose import compose
+
+    cfg = compose(["data=files", 'data.paths=["my corpus/*.txt","b/**/*.jsonl"]', "data.text_field=content"]).cfg
+    assert cfg.data.paths == ["my corpus/*.txt", "b/**/*.jsonl"] and cfg.data.text_field == "content"
+    assert compose(["data=files", "data.paths=[a.jsonl,c/*.parquet]"]).cfg.data.paths == ["a.jsonl", "c/*.parquet"]

@@ -172,6 +172,11 @@ CASES = [
         ["cluster=slurm", "cluster.accelerator=cpu"],
         ["cluster.executor=slurm", "dry_run=true"],
     ),
+    (
+        "nxd-training-not-run-yet",
+        ["cluster.accelerator=trn1", "trainer.global_batch_size=256"],
+        ["cluster.accelerator=trn1", "does not run compile or train", "dry_run=true", "cluster.accelerator=trn2"],
+    ),
 ]
 
 
