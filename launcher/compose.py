@@ -7,6 +7,7 @@ traceback), no output folders, and no Hydra logging, and the compose API gives a
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
@@ -99,6 +100,9 @@ def compose(overrides: list[str]) -> Composed:
     finally:
         GlobalHydra.instance().clear()
     assert isinstance(cfg, JobConfig)
+    # Relative corpus paths mean "from where the user typed the command": pin them now, so that stage jobs
+    # (whatever their working folder) read the same files and two folders' `corpus/*.txt` are two datasets.
+    cfg.data.paths = [os.path.abspath(os.path.expanduser(p)) for p in cfg.data.paths]
     return Composed(cfg=cfg, choices=choices, overrides=list(overrides))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
@@ -62,5 +63,8 @@ def test_quoted_paths_on_the_command_line_compose_to_a_list():
     from launcher.compose import compose
 
     cfg = compose(["data=files", 'data.paths=["my corpus/*.txt","b/**/*.jsonl"]', "data.text_field=content"]).cfg
-    assert cfg.data.paths == ["my corpus/*.txt", "b/**/*.jsonl"] and cfg.data.text_field == "content"
-    assert compose(["data=files", "data.paths=[a.jsonl,c/*.parquet]"]).cfg.data.paths == ["a.jsonl", "c/*.parquet"]
+    # Relative paths are pinned to the folder the command was typed in (stage jobs may run elsewhere).
+    here = os.getcwd()
+    assert cfg.data.paths == [f"{here}/my corpus/*.txt", f"{here}/b/**/*.jsonl"] and cfg.data.text_field == "content"
+    got = compose(["data=files", "data.paths=[a.jsonl,/c/*.parquet]"]).cfg.data.paths
+    assert got == [f"{here}/a.jsonl", "/c/*.parquet"]

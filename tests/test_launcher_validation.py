@@ -148,7 +148,7 @@ CASES = [
     (
         "files-glob-matches-nothing",
         ["data=files", "data.paths=[nowhere/*.txt]", "dry_run=true"],
-        ["data.paths=nowhere/*.txt", "matches no file", "quote them"],
+        ["data.paths=", "nowhere/*.txt", "matches no file", "quote them"],
     ),
     ("local-multi-node", ["cluster.nodes=2", "dry_run=true"], ["cluster.nodes=2", "cluster=slurm"]),
     (
