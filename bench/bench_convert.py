@@ -1,20 +1,28 @@
-"""HF -> NxD conversion at Llama-3-70B layer shapes (bf16, tp 32 x pp 2, kvm 4, fused qkv), 2 and 4 layers.
+"""HF -> NxD conversion at Llama-3-70B layer shapes (bf16, tp 32 x pp 2, kvm 4, qkv_linear + fused qkv), 2 and 4
+layers: our streaming converter against `cp` of the same bytes (the disk's limit) and against the reference
+approach (NxD's: `torch.load` the whole state dict, then slice and `torch.save` one rank at a time).
 
-For each model size, in one run: `cp -r` of the same input bytes (the disk limit), our streaming converter,
-and the reference approach (the whole state dict in memory, then NxD's per-rank slicing and torch.save), each
-with the page cache dropped first and `sync` inside the timing. Peak anonymous memory (RssAnon, which does not
-count memory-mapped input) is sampled from /proc every 20 ms. Outputs are deleted between runs.
+    python bench/bench_convert.py                # the full run: 70B shapes, 2 and 4 layers (~35 GB of disk)
+    python bench/bench_convert.py --quick        # hidden 1024 / intermediate 3584 / vocab 16032: checks it works
 
-    python bench/bench_convert.py [--layers 2 4] [--dir /tmp/bench_convert] [--no-reference]
+Inputs are written shard by shard (one safetensors file per layer, one each for the embedding and for norm +
+lm_head) with seeded random values, never built in transformers; the reference reads a single `torch.save` file of
+the same tensors, written tensor by tensor. Each timed command runs in its own process with the page cache dropped
+first (`sync; echo 3 > /proc/sys/vm/drop_caches`, which needs root: without it the table says so; python's and
+torch's own libraries are then read back in, untimed) and a final `sync` inside its timing. Peak anonymous memory
+is the process's RssAnon (not RSS, which counts the memory-mapped input), sampled from /proc every 10 ms. Outputs
+are deleted after each run, inputs after each model size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,22 +44,30 @@ CONFIG = {
     "torch_dtype": "bfloat16",
     "hidden_act": "silu",
 }
-FLAGS = ["--tp_size", "32", "--pp_size", "2", "--kv_size_multiplier", "4", "--qkv_linear", "1", "--fuse_qkv", "1"]
+# Same heads (so the same tp 32 / kvm 4 / 2-Q-heads-per-rank layout), an eighth of the widths.
+QUICK = {"hidden_size": 1024, "intermediate_size": 3584, "vocab_size": 16032}
+TP, PP, KVM = 32, 2, 4
+FLAGS = ["--tp_size", str(TP), "--pp_size", str(PP), "--kv_size_multiplier", str(KVM)]
+FLAGS += ["--qkv_linear", "1", "--fuse_qkv", "1"]
+DROP = Path("/proc/sys/vm/drop_caches")
 
 
-def write_input(folder: Path, layers: int) -> int:
+def model_config(layers: int, quick: bool) -> dict:
+    return {**CONFIG, **(QUICK if quick else {}), "num_hidden_layers": layers}
+
+
+def write_input(folder: Path, cfg: dict) -> int:
     """An HF folder with random bf16 weights, one shard per layer, written tensor by tensor."""
     import torch
 
     from checkpoint.hf_stream import write_safetensors
     from checkpoint.nxd_layout import Arch, hf_keys
 
-    cfg = {**CONFIG, "num_hidden_layers": layers}
     arch = Arch.from_hf_config(cfg)
     folder.mkdir(parents=True)
     keys = hf_keys(arch)
     groups = [["model.embed_tokens.weight"]]
-    groups += [[k for k in keys if k.startswith(f"model.layers.{i}.")] for i in range(layers)]
+    groups += [[k for k in keys if k.startswith(f"model.layers.{i}.")] for i in range(arch.num_hidden_layers)]
     groups += [["model.norm.weight", "lm_head.weight"]]
     names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     total = 0
@@ -61,9 +77,7 @@ def write_input(folder: Path, layers: int) -> int:
         total += write_safetensors(
             folder / name,
             specs,
-            lambda i, specs=specs: (
-                torch.randn(specs[i][1], generator=gen, dtype=torch.float32).mul_(0.02).to(torch.bfloat16)
-            ),
+            lambda i, specs=specs: torch.randn(specs[i][1], generator=gen).mul_(0.02).to(torch.bfloat16),
         )
     index = {"metadata": {"total_size": total}, "weight_map": {k: n for n, g in zip(names, groups) for k in g}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -71,45 +85,36 @@ def write_input(folder: Path, layers: int) -> int:
     return total
 
 
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(seconds including a final sync, peak RssAnon MiB) of a command run with a cold page cache."""
-    drop_caches()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-        time.sleep(0.02)
-    err = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode:
-        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
-    subprocess.run(["sync"], check=True)
-    return time.perf_counter() - start, peak // 1024
-
-
-def reference(src: Path, out: Path) -> None:
-    """NxD's approach: the whole state dict in memory, then one partial dict per rank, cloned and torch.save'd."""
+def write_torch_input(src: Path, dest: Path) -> None:
+    """The same tensors as one `torch.save`d state dict (NxD's converter input), written one tensor at a time."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    from checkpoint.hf_load import checkpoint_files
+    from checkpoint.nxd_layout import Arch, hf_keys
+    from checkpoint.torch_files import write_state_dict
+
+    arch = Arch.from_hf_config(json.loads((src / "config.json").read_text()))
+    handles = {}
+    for f in checkpoint_files(src):
+        h = safe_open(str(f), framework="pt")
+        names = h.keys()
+        handles.update(dict.fromkeys(names, h))
+    keys = hf_keys(arch)
+    specs = [(k, arch.hf_shape(k), torch.bfloat16, torch.empty(arch.hf_shape(k), device="meta").stride()) for k in keys]
+    write_state_dict(dest, specs, lambda i: handles[keys[i]].get_tensor(keys[i]))
+
+
+def reference(src_file: Path, config: Path, out: Path) -> None:
+    """NxD's approach: `torch.load` the whole state dict, then for each rank narrow + clone its slices into one
+    partial dict and `torch.save` it."""
+    import torch
 
     from checkpoint.nxd_layout import Arch, Layout, rank_file_name, rank_plan
 
-    full: dict[str, torch.Tensor] = {}
-    for f in sorted(src.glob("*.safetensors")):
-        # load_file maps the file; clone into process memory, as torch.load of NxD's single input file does.
-        full.update({k: v.clone() for k, v in load_file(f).items()})
-    arch = Arch.from_hf_config(json.loads((src / "config.json").read_text()))
-    layout = Layout(32, 2, 4, True, True)
+    full = torch.load(src_file, map_location="cpu", weights_only=True)
+    arch = Arch.from_hf_config(json.loads(config.read_text()))
+    layout = Layout(TP, PP, KVM, True, True)
     (out / "model").mkdir(parents=True)
     for p in range(layout.pp):
         for t in range(layout.tp):
@@ -127,58 +132,118 @@ def reference(src: Path, out: Path) -> None:
             del part
 
 
+def can_drop_caches() -> bool:
+    return os.access(DROP, os.W_OK)
+
+
+def drop_caches(enabled: bool) -> None:
+    """Drop the page cache, then read python's and torch's libraries back in (not timed): a cold `import torch`
+    costs seconds of disk reads that would be charged to the converters and not to `cp`."""
+    subprocess.run(["sync"], check=True)
+    if enabled:
+        DROP.write_text("3\n")
+        warm = "import torch, safetensors, tqdm, checkpoint.convert, checkpoint.hf_stream, checkpoint.torch_files"
+        subprocess.run([sys.executable, "-c", warm], check=True, cwd=ROOT)
+
+
+def timed(cmd: list[str], drop: bool) -> tuple[float, int]:
+    """(seconds including a final sync, peak RssAnon MiB) of a command run with a cold page cache."""
+    drop_caches(drop)
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        status, peak = Path(f"/proc/{proc.pid}/status"), 0
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.01)
+        subprocess.run(["sync"], check=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{cmd} failed: {err.read()[-2000:]}")
+    return seconds, peak // 1024
+
+
+def rm(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/bench_convert"))
+    ap.add_argument("--quick", action="store_true", help="small widths (same heads and layout): a functional check")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--xser", action="store_true", help="also time --save_xser 1")
-    ap.add_argument("--_reference", nargs=2, type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--_reference", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._reference:
         reference(*args._reference)
         return
-    print(subprocess.run(["df", "-h", "/tmp", "/work"], capture_output=True, text=True).stdout)
-    need = 2 * (2 * 2.1 + 1.71 * max(args.layers)) + 1
-    free = shutil.disk_usage(args.dir.parent if not args.dir.exists() else args.dir).free / 1e9
+    drop = can_drop_caches()
+    print(subprocess.run(["df", "-h", str(args.dir.parent)], capture_output=True, text=True).stdout)
+    if not drop:
+        print(f"warning: {DROP} is not writable (needs root): the page cache is NOT dropped before timed runs\n")
+    # Input + the reference's torch file + one output at a time.
+    per_layer, ends = (1.71, 2 * 2.1) if not args.quick else (1.71 / 64, 2 * 2.1 / 64)
+    need = (3 if not args.no_reference else 2) * (ends + per_layer * max(args.layers)) + 1
+    free = shutil.disk_usage(args.dir.parent).free / 1e9
     if free < need:
         raise SystemExit(f"needs ~{need:.0f} GB free beside {args.dir}, has {free:.0f} GB")
-    shutil.rmtree(args.dir, ignore_errors=True)
+    rm(args.dir)
+    # Interpreter + torch start-up, part of every converter timing (not of cp's): reported to read small runs by.
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import checkpoint.convert, torch, safetensors, tqdm"], check=True, cwd=ROOT)
+    startup = time.perf_counter() - start
     rows = []
-    for layers in args.layers:
-        src = args.dir / f"hf_{layers}l"
-        size = write_input(src, layers)
-        out = args.dir / "out"
-        cp_s, _ = timed(["cp", "-r", str(src), str(out)])
-        shutil.rmtree(out)
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "checkpoint.convert",
-            "--input_dir",
-            str(src),
-            "--output_dir",
-            str(out),
-            *FLAGS,
-            "--no_progress",
-            "--convert_from_full_state",
-        ]
-        ours_s, ours_mib = timed(ours_cmd)
-        shutil.rmtree(out)
-        row = {"layers": layers, "gb": size / 1e9, "cp_s": cp_s, "ours_s": ours_s, "ours_mib": ours_mib}
-        if args.xser:
-            row["xser_s"], row["xser_mib"] = timed([*ours_cmd[:-1], "--save_xser", "1", ours_cmd[-1]])
-            shutil.rmtree(out)
-        if not args.no_reference:
-            row["ref_s"], row["ref_mib"] = timed([sys.executable, __file__, "--_reference", str(src), str(out)])
-            shutil.rmtree(out)
-        rows.append(row)
-        shutil.rmtree(src)
-        print(json.dumps(row), flush=True)
-    shutil.rmtree(args.dir, ignore_errors=True)
+    try:
+        for layers in args.layers:
+            cfg = model_config(layers, args.quick)
+            src, out = args.dir / f"hf_{layers}l", args.dir / "out"
+            size = write_input(src, cfg)
+            cp_s, _ = timed(["cp", "-r", str(src), str(out)], drop)
+            rm(out)
+            ours_cmd = [sys.executable, "-m", "checkpoint.convert", "--input_dir", str(src), "--output_dir", str(out)]
+            ours_cmd += [*FLAGS, "--no_progress", "--convert_from_full_state"]
+            ours_s, ours_mib = timed(ours_cmd, drop)
+            rm(out)
+            row = {"layers": layers, "gb": size / 1e9, "cp_s": cp_s, "ours_s": ours_s, "ours_mib": ours_mib}
+            if args.xser:
+                row["xser_s"], row["xser_mib"] = timed([*ours_cmd[:-1], "--save_xser", "1", ours_cmd[-1]], drop)
+                rm(out)
+            if not args.no_reference:
+                pt = args.dir / f"full_{layers}l.pt"
+                write_torch_input(src, pt)
+                ref_cmd = [sys.executable, __file__, "--_reference", str(pt), str(src / "config.json"), str(out)]
+                row["ref_s"], row["ref_mib"] = timed(ref_cmd, drop)
+                rm(out)
+                rm(pt)
+            rm(src)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        rm(args.dir)
+    report(rows, args.quick, drop, startup)
+
+
+def report(rows: list[dict], quick: bool, dropped: bool, startup: float) -> None:
+    shape = "quick widths (hidden 1024)" if quick else "Llama-3-70B layer shapes"
     print(
-        "\n| layers | input GB | cp s | ours s | ours / cp | ours peak RssAnon MiB | reference s | reference "
-        "peak RssAnon MiB | ours / reference memory |"
+        f"\nHF -> NxD tp {TP} x pp {PP}, bf16, {shape}; page cache "
+        f"{'dropped' if dropped else 'NOT dropped (not root)'} before each run, sync inside each timing; "
+        f"python + torch start-up (inside ours and reference, warm) {startup:.1f} s"
+    )
+    print(
+        "\n| layers | input GB | cp s | ours s | ours / cp (target <= 1.5) | ours peak RssAnon MiB | reference s "
+        "| reference peak RssAnon MiB | ours / reference memory (target <= 0.25) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -190,6 +255,17 @@ def main() -> None:
         print(
             f"| {r['layers']} | {r['gb']:.2f} | {r['cp_s']:.1f} | {r['ours_s']:.1f} | {r['ours_s'] / r['cp_s']:.2f} "
             f"| {r['ours_mib']} | {ref} |"
+        )
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(
+            f"\nours peak RssAnon, {b['layers']} vs {a['layers']} layers: {b['ours_mib']} / {a['ours_mib']} MiB = "
+            f"{b['ours_mib'] / max(a['ours_mib'], 1):.2f} (flat = 1.0)"
+            + (
+                f"; reference: {b['ref_mib'] / max(a['ref_mib'], 1):.2f} (grows with the model)"
+                if "ref_mib" in a and "ref_mib" in b
+                else ""
+            )
         )
     for r in rows:
         if "xser_s" in r:

@@ -62,6 +62,14 @@ class Arch:
                 f"{where} lacks {', '.join(missing)}: it is not a Llama config.json; pass the "
                 "config.json of the model being converted (--config)."
             )
+        hd = hf.get("head_dim")
+        if hd is not None and int(hd) * int(hf["num_attention_heads"]) != int(hf["hidden_size"]):
+            raise ValueError(
+                f"{where} has head_dim {hd}, but hidden_size {hf['hidden_size']} / num_attention_heads "
+                f"{hf['num_attention_heads']} is {int(hf['hidden_size']) / int(hf['num_attention_heads']):g}: "
+                "NxD's Llama layout needs head_dim x num_attention_heads == hidden_size. Pass the config.json "
+                "that belongs to these weights (--config)."
+            )
         return cls(
             vocab_size=int(hf["vocab_size"]),
             hidden_size=int(hf["hidden_size"]),

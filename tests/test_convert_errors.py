@@ -80,6 +80,15 @@ def test_missing_shard_on_the_way_back(tmp_path, hf, capsys):
     err = capsys.readouterr().err
     assert "missing dp_rank_00_tp_rank_02_pp_rank_01.pt" in err
     assert leftovers(tmp_path / "back") == []
+    # A truncated shard is named too.
+    shard = tmp_path / "nxd" / "model" / "dp_rank_00_tp_rank_01_pp_rank_00.pt"
+    shard.write_bytes(shard.read_bytes()[:-300])
+    (tmp_path / "nxd" / "model" / "dp_rank_00_tp_rank_02_pp_rank_01.pt").write_bytes(shard.read_bytes())
+    back = ["--config", str(hf / "config.json"), "--convert_to_full_state"]
+    assert convert(tmp_path / "nxd", tmp_path / "back", *f, *back[:2], mode=back[2]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard} is not a readable NxD checkpoint file" in err and "truncated or corrupt" in err
+    assert leftovers(tmp_path / "back") == []
 
 
 def test_wrong_flags_on_the_way_back(tmp_path, hf, capsys):
@@ -152,3 +161,23 @@ def test_interrupted_conversion_leaves_nothing_at_the_output(tmp_path, sig):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(list((out / "model").glob("dp_rank_*_pp_rank_??.pt"))) == 16 and not list(tmp_path.glob(".out.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"num_key_value_heads": 4}, "self_attn.k_proj.weight in /"),
+        ({"num_attention_heads": 16, "head_dim": 4}, "has shape [16, 64] but the config implies [8, 64]"),
+        ({"num_hidden_layers": 6}, "missing ['model.layers.4."),
+        ({"head_dim": 16}, "has head_dim 16"),
+    ],
+)
+def test_config_json_head_and_layer_counts_are_checked_against_the_weights(tmp_path, hf, capsys, change, needle):
+    import json
+
+    cfg = {**json.loads((hf / "config.json").read_text()), **change}
+    (tmp_path / "other.json").write_text(json.dumps(cfg))
+    assert convert(hf, tmp_path / "out", "--tp_size", "2", "--config", str(tmp_path / "other.json")) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "config" in err
+    assert leftovers(tmp_path / "out") == []

@@ -155,6 +155,35 @@ def test_single_torch_state_dict_file_is_accepted(tmp_path):
         assert rank.read_bytes() == (tmp_path / "b" / "model" / rank.name).read_bytes()
 
 
+@pytest.mark.parametrize(
+    "given,want",
+    [
+        ([], False),
+        (["--qkv_linear"], True),
+        (["--qkv_linear", "1"], True),
+        (["--qkv_linear", "true"], True),
+        (["--qkv_linear", "True"], True),
+        (["--qkv_linear", "0"], False),
+        (["--qkv_linear", "false"], False),
+        (["--qkv_linear", "False"], None),
+        (["--qkv_linear", "no"], None),
+        (["--qkv_linear", "2"], None),
+        (["--qkv_linear", ""], None),
+    ],
+)
+def test_boolean_flags_are_strict(given, want, capsys):
+    from checkpoint.convert import parser
+
+    argv = ["--input_dir", "x", "--output_dir", "y", "--convert_from_full_state", *given, "--fuse_qkv", "0"]
+    if want is None:
+        with pytest.raises(SystemExit) as e:
+            parser().parse_args(argv)
+        assert e.value.code == 2 and "is not a boolean" in capsys.readouterr().err
+    else:
+        args = parser().parse_args(argv)
+        assert args.qkv_linear is want and args.fuse_qkv is False
+
+
 def test_cli_strict_booleans_progress_and_rerun_skip(tmp_path):
     make_hf(tmp_path / "hf", heads=8, kv=2, layers=2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -172,9 +201,12 @@ def test_cli_strict_booleans_progress_and_rerun_skip(tmp_path):
     ]
     bad = subprocess.run([*base, "--qkv_linear", "maybe"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "'maybe' is not a boolean" in bad.stderr and not (tmp_path / "out").exists()
-    # `--qkv_linear False` means false (NxD's type=bool reads it as true): q/k/v keep their HF names.
+    # NxD's type=bool reads `--qkv_linear False` as true: ours refuses it, and `false` is false.
+    nxd_false = subprocess.run([*base, "--qkv_linear", "False"], capture_output=True, text=True, env=env)
+    assert nxd_false.returncode == 2 and "reads any non-empty value" in nxd_false.stderr
+    assert not (tmp_path / "out").exists()
     ok = subprocess.run(
-        [*base, "--qkv_linear", "False", "--kv_size_multiplier", "1"], capture_output=True, text=True, env=env
+        [*base, "--qkv_linear", "false", "--kv_size_multiplier", "1"], capture_output=True, text=True, env=env
     )
     assert ok.returncode == 0, ok.stderr
     keys = torch.load(tmp_path / "out" / "model" / "dp_rank_00_tp_rank_00_pp_rank_00.pt", weights_only=True)
@@ -187,7 +219,9 @@ def test_cli_strict_booleans_progress_and_rerun_skip(tmp_path):
     assert (tmp_path / "out" / "model" / "dp_rank_00_tp_rank_00_pp_rank_00.pt").stat().st_mtime_ns == mtime
     # A bare flag is true: now the output folder holds a different conversion.
     other = subprocess.run([*base, "--qkv_linear"], capture_output=True, text=True, env=env)
-    assert other.returncode == 2 and "already holds" in other.stderr
+    assert other.returncode == 2 and "already holds a conversion of" in other.stderr
+    assert (tmp_path / "out" / "model" / "dp_rank_00_tp_rank_00_pp_rank_00.pt").stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob(".out.tmp-*"))
 
 
 def test_stage_writes_pretrained_weight_layout_from_cfg_parallel(tmp_path):
