@@ -560,12 +560,13 @@ def format_summary(s: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- stage
 
 
-def layout_from_cfg(cfg: Any) -> Layout:
-    """The one place the conversion reads its layout: the same cfg.parallel fields the NxD launch passes."""
-    p = cfg.parallel
-    return Layout(
-        p.tensor_parallel_degree, p.pipeline_parallel_degree, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv, "trn1"
-    )
+def layout_from_cfg(cfg: Any, input_dir: Path | str = ".", output_dir: Path | str = ".") -> Layout:
+    """The stage's layout, parsed by the standalone converter's parser from `launcher.nxd_args.convert_args`:
+    the flags the plan prints for this stage, built from the same cfg.parallel fields as the NxD training flags."""
+    from launcher.nxd_args import convert_args
+
+    args = parser().parse_args(convert_args(cfg, input_dir, output_dir))
+    return Layout(args.tp_size, args.pp_size, args.kv_size_multiplier, args.qkv_linear, args.fuse_qkv, args.hw_backend)
 
 
 def run_stage(cfg: Any, ctx: Any) -> dict[str, Any]:
@@ -577,7 +578,8 @@ def run_stage(cfg: Any, ctx: Any) -> dict[str, Any]:
     check_config(src, cfg.model)
     arch = Arch.from_hf_config(read_hf_config(src), str(src / "config.json"))
     # xser, as the seed converts (--save_xser 1) and as NxD's trainer saves; its loader detects either form.
-    summary = to_nxd(src, Path(ctx.work_dir), arch, layout_from_cfg(cfg), xser=True, progress=sys.stderr.isatty())
+    layout = layout_from_cfg(cfg, src, ctx.work_dir)
+    summary = to_nxd(src, Path(ctx.work_dir), arch, layout, xser=True, progress=sys.stderr.isatty())
     print(format_summary(summary), flush=True)
     return summary
 

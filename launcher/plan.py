@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import nxd_args
 from launcher import stages as st
 from launcher.arithmetic import Derived, derive
 from launcher.compose import Composed
@@ -31,6 +32,8 @@ class StagePlan:
     command: list[str]
     sbatch: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # NxD's own flags for this stage (converter / trainer), from launcher/nxd_args.py; empty on the torch backend.
+    nxd_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Plan:
             lines.append(f"  {i}. {sp.stage.value:<8} {state}  {where}{after}  ({sp.reason})")
             lines.append(f"       output:  {sp.output}")
             lines.append(f"       command: {_shell(sp.command)}")
+            if sp.nxd_args:
+                lines.append(f"       nxd:     {_shell(sp.nxd_args)}")
         if with_scripts:
             for sp in self.stages:
                 if sp.sbatch and sp.run:
@@ -200,9 +205,18 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
                 command,
                 sbatch,
                 env,
+                _nxd_args(cfg, d, stage, run_dir),
             )
         )
     return Plan(composed, d, run_dir, out)
+
+
+def _nxd_args(cfg: JobConfig, d: Derived, stage: Stage, run_dir: Path) -> list[str]:
+    if stage == Stage.convert:
+        return nxd_args.convert_args(cfg, st.pretrained_dir(cfg), st.final_dir(stage, cfg, run_dir))
+    if stage in (Stage.compile, Stage.train) and d.backend == Backend.nxd:
+        return nxd_args.train_args(cfg, st.final_dir(Stage.train, cfg, run_dir))
+    return []
 
 
 def plan_json(plan: Plan) -> dict:
@@ -221,6 +235,7 @@ def plan_json(plan: Plan) -> dict:
                 "nodes": s.nodes,
                 "processes_per_node": s.processes_per_node,
                 "command": s.command,
+                "nxd_args": s.nxd_args,
             }
             for s in plan.stages
         ],

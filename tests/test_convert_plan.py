@@ -4,6 +4,7 @@ layout comes from the same cfg.parallel fields the training plan derives its per
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def _agree(plan) -> None:
     assert by[Stage.convert].output == by[Stage.train].output / "pretrained_weight"
     if Stage.download in by:
         assert by[Stage.download].output == pretrained_dir(cfg)  # convert reads what download wrote
+    # The flags the plan prints: the converter's (parsed by its own parser) and NxD's trainer's agree on every
+    # layout field and on where the converted weights are.
+    from checkpoint.convert import parser
+
+    conv = parser().parse_args(by[Stage.convert].nxd_args)
+    train = by[Stage.train].nxd_args
+    flags = dict(zip(train[::2], train[1::2]))
+    assert (conv.tp_size, conv.pp_size, conv.kv_size_multiplier) == (
+        int(flags["--tensor_parallel_size"]),
+        int(flags["--pipeline_parallel_size"]),
+        int(flags["--kv_replicator"]),
+    )
+    assert (int(conv.qkv_linear), int(conv.fuse_qkv)) == (int(flags["--qkv_linear"]), int(flags["--fuse_qkv"]))
+    assert flags["--pretrained_weight"] == "1" and conv.save_xser and flags["--save_load_xser"] == "1"
+    assert conv.output_dir == Path(flags["--checkpoint_dir"]) / "pretrained_weight" == by[Stage.convert].output
+    assert by[Stage.compile].nxd_args == train
     p, lo = cfg.parallel, layout_from_cfg(cfg)
     assert (lo.tp, lo.pp, lo.kv_size_multiplier, lo.qkv_linear, lo.fuse_qkv) == (
         p.tensor_parallel_degree,
@@ -86,7 +103,11 @@ def test_convert_stage_run_by_the_launcher_fills_the_planned_folder(tmp_path):
     from checkpoint.torch_files import RankFile
     from launcher.schema import JobConfig
 
-    hf = to_hf_config(JobConfig().model)  # the tiny model: 8 heads, 4 KV heads, 4 layers
+    # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)
+    model = dataclasses.replace(
+        JobConfig().model, hidden_size=256, intermediate_size=768, num_attention_heads=8, num_key_value_heads=4
+    )
+    hf = to_hf_config(model)
     LlamaForCausalLM(LlamaConfig(**{k: v for k, v in hf.items() if k != "architectures"})).save_pretrained(
         tmp_path / "hf"
     )
@@ -95,6 +116,10 @@ def test_convert_stage_run_by_the_launcher_fills_the_planned_folder(tmp_path):
         "cluster.accelerator=trn1",
         "model.init=pretrained",
         f"model.pretrained_path={tmp_path / 'hf'}",
+        "model.hidden_size=256",
+        "model.intermediate_size=768",
+        "model.num_attention_heads=8",
+        "model.num_key_value_heads=4",
         "parallel.tensor_parallel_degree=8",
         "parallel.pipeline_parallel_degree=2",
         "parallel.kv_size_multiplier=2",
