@@ -65,6 +65,8 @@ def plan(cfg: JobConfig) -> Corpus:
         from data import sample
 
         docs = sample.documents()
+        if data.sample_documents:
+            docs = docs[: data.sample_documents]
         pieces = [
             Piece(
                 "sample",
@@ -75,7 +77,7 @@ def plan(cfg: JobConfig) -> Corpus:
             )
             for i in range(0, len(docs), SAMPLE_DOCS_PER_PIECE)
         ]
-        return Corpus("sample corpus (pydoc_data.topics)", pieces, [])
+        return Corpus(f"sample corpus (pydoc_data.topics, {len(docs)} documents)", pieces, [])
     if data.source == DataSource.files:
         files = expand(data.paths)
         return Corpus(f"{len(files)} local file(s)", plan_files(files, data.text_field), [str(f) for f in files])

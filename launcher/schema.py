@@ -97,11 +97,11 @@ class ModelConfig:
 
     name: str = "tiny"
     vocab_size: int = 2048
-    hidden_size: int = 256
-    intermediate_size: int = 768
+    hidden_size: int = 192
+    intermediate_size: int = 512
     num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
     rope_theta: float = 500000.0
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
@@ -142,6 +142,8 @@ class DataConfig:
     # data=files: files or globs (.txt, .jsonl, .parquet). Quote globs with spaces on the command line.
     paths: list[str] = field(default_factory=list)
     text_field: str = "text"
+    # data=sample: use only the first N of its 302 documents (0: all); the tiny recipe uses 60, which it can fit.
+    sample_documents: int = 0
     # data=hub: a `datasets` repo id with its config and a pinned revision.
     hub_dataset: str = ""
     hub_config: str = ""
@@ -194,9 +196,9 @@ class ClusterConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 30
+    lr: float = 4e-3
+    min_lr: float = 4e-4
+    warmup_steps: int = 20
     schedule: Schedule = Schedule.cosine
     beta1: float = 0.9
     beta2: float = 0.95
@@ -208,7 +210,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 300
+    max_steps: int = 200
     # Stop after this many steps in this run (with a checkpoint) without changing the schedule; -1 = all.
     steps_this_run: int = -1
     global_batch_size: int = 16
@@ -225,6 +227,8 @@ class TrainerConfig:
     backend: Backend = Backend.auto
     # Intra-op threads per training process (0: torch's default).
     num_threads: int = 0
+    # Seeded (trainer.seed, epoch), resumable shuffling of the training blocks; off, as in NxD's examples.
+    shuffle: bool = False
 
 
 @dataclass

@@ -390,6 +390,15 @@ def validate(composed: Composed) -> list[str]:
         )
     if not 0 <= data.val_fraction < 1:
         add(Problem("data.val_fraction", data.val_fraction, "must be in [0, 1).", "set data.val_fraction=0.01."))
+    if data.sample_documents < 0:
+        add(
+            Problem(
+                "data.sample_documents",
+                data.sample_documents,
+                "is how many of the sample corpus's documents to use and cannot be negative.",
+                "set data.sample_documents=0 (all of them) or a positive count such as 100.",
+            )
+        )
     if data.num_proc < 0:
         add(Problem("data.num_proc", data.num_proc, "must be 0 (all cores) or positive.", "set data.num_proc=0."))
     if data.source == DataSource.files:

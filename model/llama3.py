@@ -86,11 +86,9 @@ class Attention(nn.Module):
         cos, sin = cos_SE.to(q_BHSE.dtype), sin_SE.to(q_BHSE.dtype)
         q_BHSE = q_BHSE * cos + rotate_half(q_BHSE) * sin
         k_BKSE = k_BKSE * cos + rotate_half(k_BKSE) * sin
-        if self.num_rep > 1:
-            # Explicit K/V repeat rather than SDPA's enable_gqa: every backend (CPU, CUDA, Neuron) has it.
-            k_BKSE = k_BKSE.repeat_interleave(self.num_rep, dim=1)
-            v_BKSE = v_BKSE.repeat_interleave(self.num_rep, dim=1)
-        o_BHSE = F.scaled_dot_product_attention(q_BHSE, k_BKSE, v_BKSE, is_causal=True)
+        # GQA inside SDPA (standard since torch 2.5; the math fallback every device has repeats K/V itself):
+        # no repeated K/V tensors in memory and no reduction of their gradients in backward, as HF's sdpa path.
+        o_BHSE = F.scaled_dot_product_attention(q_BHSE, k_BKSE, v_BKSE, is_causal=True, enable_gqa=self.num_rep > 1)
         return self.wo(o_BHSE.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -195,8 +193,15 @@ def build(cfg: ModelConfig, device: str | torch.device = "cpu") -> Llama3:
     return model
 
 
+IGNORE = -100
+
+
 def loss_fn(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross entropy, mean over the B * (S - 1) predicted tokens: logits at position t predict
-    input_ids[t + 1], exactly what HF `LlamaForCausalLM(labels=input_ids)` computes."""
+    input_ids[t + 1], exactly what HF `LlamaForCausalLM(labels=input_ids)` computes.
+
+    The labels are shifted (the last position ignored), not the logits: slicing logits[:, :-1] would copy the
+    largest activation (B x S x V) in forward and again in backward."""
     v = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, v).float(), input_ids[:, 1:].reshape(-1))
+    labels = F.pad(input_ids[:, 1:], (0, 1), value=IGNORE)
+    return F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=IGNORE)

@@ -3,6 +3,7 @@ checkpoint, each exported to HF and loaded by transformers, compared with our mo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -95,7 +96,11 @@ def test_nxd_backend_checkpoint_exports_bit_exact(tmp_path):
     from checkpoint.hf_adapter import to_hf_config
     from checkpoint.nxd_layout import Arch
 
-    cfg = JobConfig()  # tiny: 8 heads, 4 KV heads, 4 layers
+    cfg = JobConfig()
+    # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)
+    cfg.model = dataclasses.replace(
+        cfg.model, hidden_size=256, intermediate_size=768, num_attention_heads=8, num_key_value_heads=4
+    )
     cfg.trainer.backend = Backend.nxd
     p = cfg.parallel
     p.tensor_parallel_degree, p.pipeline_parallel_degree, p.kv_size_multiplier = 8, 2, 2

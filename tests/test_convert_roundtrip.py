@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -230,7 +231,11 @@ def test_stage_writes_pretrained_weight_layout_from_cfg_parallel(tmp_path):
     from launcher.stages import StageContext
 
     cfg = JobConfig()
-    m = cfg.model  # the tiny model: 8 heads, 4 KV heads, 4 layers
+    # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)
+    cfg.model = dataclasses.replace(
+        cfg.model, hidden_size=256, intermediate_size=768, num_attention_heads=8, num_key_value_heads=4
+    )
+    m = cfg.model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf = to_hf_config(m)

@@ -157,6 +157,18 @@ def test_sample_corpus_default(tmp_path):
     assert s["blocks"]["train"] > 300 and s["blocks"]["validation"] >= 8
 
 
+def test_sample_documents_takes_the_first_n_documents(tmp_path):
+    from data import sample
+
+    cfg = make_cfg(tmp_path, val_fraction=0.05, sample_documents=60)
+    s = prepare(cfg, tmp_path / "out")
+    docs = list(sample.documents())[:60]
+    assert s["documents"] == 60 and "60 documents" in s["source"]
+    train_docs, _ = _split(docs, 0.05)
+    want, _ = reference_blocks(hf_tokenizer(cfg), train_docs, 256)
+    assert np.array_equal(load_blocks(tmp_path / "out" / "train"), want)
+
+
 def _write_wikicorpus_like(root: Path, docs: list[str]) -> None:
     """The layout and schema of the hub's parquet conversion of wikicorpus raw_en (id, title, text)."""
     import pyarrow as pa

@@ -53,8 +53,8 @@ CASES = [
     ),
     (
         "torch-kv-heads-not-divisible",
-        ["parallel=cpu_tp2", "parallel.tensor_parallel_degree=8", "dry_run=true"],
-        ["parallel.tensor_parallel_degree=8", "num_key_value_heads (4)", "[1, 2, 4]"],
+        ["parallel=cpu_tp2", "parallel.tensor_parallel_degree=4", "dry_run=true"],
+        ["parallel.tensor_parallel_degree=4", "num_key_value_heads (2)", "[1, 2]"],
     ),
     (
         "torch-pipeline-refused",
@@ -98,11 +98,11 @@ CASES = [
         ["trainer.max_steps=0", "trainer.max_steps=1000"],
     ),
     ("lr-zero", ["optim.lr=0", "dry_run=true"], ["optim.lr=0.0", "optim.lr=3e-4"]),
-    ("min-lr-above-lr", ["optim.min_lr=1", "dry_run=true"], ["optim.min_lr=1.0", "optim.min_lr=0.0003"]),
+    ("min-lr-above-lr", ["optim.min_lr=1", "dry_run=true"], ["optim.min_lr=1.0", "optim.min_lr=0.0004"]),
     (
         "warmup-longer-than-run",
         ["optim.warmup_steps=500", "dry_run=true"],
-        ["optim.warmup_steps=500", "trainer.max_steps (300)", "optim.warmup_steps=30"],
+        ["optim.warmup_steps=500", "trainer.max_steps (200)", "optim.warmup_steps=20"],
     ),
     (
         "steps-this-run-zero",
@@ -121,13 +121,13 @@ CASES = [
     ),
     (
         "kv-heads-not-dividing-heads",
-        ["model.num_key_value_heads=3", "dry_run=true"],
-        ["model.num_key_value_heads=3", "[1, 2, 4, 8]"],
+        ["model.num_key_value_heads=4", "dry_run=true"],
+        ["model.num_key_value_heads=4", "[1, 2, 3, 6]"],
     ),
     (
         "hidden-not-divisible-by-heads",
         ["model.hidden_size=250", "dry_run=true"],
-        ["model.hidden_size=250", "model.hidden_size", "512"],
+        ["model.hidden_size=250", "model.hidden_size", "384"],
     ),
     (
         "pretrained-without-path",
@@ -171,6 +171,11 @@ CASES = [
         "slurm-submission",
         ["cluster=slurm", "cluster.accelerator=cpu"],
         ["cluster.executor=slurm", "dry_run=true"],
+    ),
+    (
+        "negative-sample-documents",
+        ["data.sample_documents=-5", "dry_run=true"],
+        ["data.sample_documents=-5", "data.sample_documents=0"],
     ),
     (
         "nxd-training-not-run-yet",

@@ -18,7 +18,10 @@ from checkpoint.hf_load import load_hf, save_hf
 from launcher.schema import ModelConfig, RopeScaling
 from model.llama3 import build
 
-CFG = ModelConfig(num_hidden_layers=2)
+# Pinned, not the schema default (which the lead may retune): 6 query heads on 2 K/V heads.
+CFG = ModelConfig(
+    hidden_size=192, intermediate_size=512, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2
+)
 ROPE31 = dataclasses.replace(
     CFG, name="tiny-rope31", max_position_embeddings=16384, rope_scaling=RopeScaling(factor=8.0)
 )
@@ -119,9 +122,9 @@ def test_config_mismatch_names_every_field(tmp_path):
     _single_file(tmp_path)
     wrong = dataclasses.replace(CFG, hidden_size=128, rope_scaling=RopeScaling(factor=8.0))
     with pytest.raises(ValueError) as e:
-        load_hf(build(dataclasses.replace(wrong, hidden_size=256)), tmp_path, wrong)
+        load_hf(build(dataclasses.replace(wrong, hidden_size=192)), tmp_path, wrong)
     msg = str(e.value)
-    assert "config.json" in msg and "model.hidden_size=128" in msg and "hidden_size=256" in msg
+    assert "config.json" in msg and "model.hidden_size=128" in msg and "hidden_size=192" in msg
     assert "rope_scaling.factor=8.0" in msg
 
 

@@ -27,9 +27,14 @@ def _copy(src, tmp_path):
     return dst
 
 
-def _error(proc) -> str:
+def _error(proc, run_dir) -> str:
+    """The process failed as a user error: exit 2, no traceback, and one paragraph (one line, ending with the
+    fix) that is both the last thing on stderr and the `error` of the stage status."""
     assert proc.returncode == EXIT_USER_ERROR, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+    message = status(run_dir)["error"]
+    assert "\n" not in message and message.endswith(".") and 80 < len(message) < 1500, message
+    assert proc.stderr.rstrip().endswith(f"[train] error: {message}")
     return proc.stderr
 
 
@@ -39,7 +44,7 @@ def test_corrupt_shard_is_named(prepared, stopped_run, tmp_path):  # noqa: F811
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=4, checkpoint_interval=2)))
+    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=4, checkpoint_interval=2)), run_dir)
     assert f"The checkpoint {run_dir / 'checkpoints' / 'step_4'} is corrupt: {shard} does not match its sha256" in err
     assert "Delete" in err and "resume from the checkpoint before it" in err
     assert status(run_dir)["state"] == "failed"
@@ -54,10 +59,10 @@ def test_truncated_file_and_unreadable_metadata_are_named(prepared, stopped_run,
     step = run_dir / "checkpoints" / "step_4"
     model = step / "model" / "dp_rank_00_tp_rank_00_pp_rank_00.pt"
     model.write_bytes(model.read_bytes()[:100])
-    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=1)))
+    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=1)), run_dir)
     assert f"{model} has 100 bytes, the manifest says" in err
     (step / ckpt.METADATA).write_text("{ not json")
-    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=1)))
+    err = _error(run_job(run_dir, small_config(prepared, steps_this_run=1)), run_dir)
     assert f"The checkpoint {step} is corrupt: {step / ckpt.METADATA} cannot be read" in err
 
 
@@ -66,10 +71,20 @@ def test_checkpoint_of_another_model_says_what_differs(prepared, stopped_run, tm
     cfg = small_config(prepared, steps_this_run=1)
     cfg.model.num_hidden_layers = 3
     cfg.model.intermediate_size = 192
-    err = _error(run_job(run_dir, cfg))
+    err = _error(run_job(run_dir, cfg), run_dir)
     assert "different model or parallel layout" in err
     assert "model.num_hidden_layers: checkpoint 2, config 3" in err
     assert "model.intermediate_size: checkpoint 128, config 192" in err
+
+
+def test_missing_dataset_stops_before_writing_anything(prepared, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    cfg = small_config(prepared)
+    cfg.data.output_dir = str(tmp_path / "no-such-dataset")
+    err = _error(run_job(run_dir, cfg), run_dir)
+    assert f"The prepared dataset {tmp_path / 'no-such-dataset'} " in err and "Run the data stage first" in err
+    # The job wrapper makes the (empty) checkpoints folder; the loop stopped before writing into it.
+    assert not list((run_dir / "checkpoints").glob("*")) and not (run_dir / "tensorboard").exists()
 
 
 def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run):  # noqa: F811
@@ -92,7 +107,7 @@ def test_nan_loss_names_step_and_last_good_checkpoint(prepared, tmp_path):  # no
     cfg = small_config(prepared, checkpoint_interval=1)
     cfg.optim.lr = 1e30
     cfg.optim.min_lr = 0.0
-    err = _error(run_job(run_dir, cfg))
+    err = _error(run_job(run_dir, cfg), run_dir)
     good = ckpt.latest(run_dir / "checkpoints")
     assert good is not None
     step = int(good.name.split("_")[1]) + 1

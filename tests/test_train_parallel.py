@@ -1,5 +1,7 @@
 """Data and tensor parallelism on CPU with torchrun and gloo: the same 20-step loss curve for dp=2, tp=2 and
-dp=2 x tp=2 as for one process, for the same global batch; each TP rank holds 1/tp of each sharded weight."""
+dp=2 x tp=2 as for one process, for the same global batch; each TP rank holds 1/tp of each sharded weight.
+The dp=2 x tp=2 runs stop after step 10 and resume (sharded DTensor / DDP / FSDP2 state loaded back), so their
+curve also proves multi-rank resume."""
 
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def _run(prepared, tmp_path, dp: int, tp: int, mode: str = "ddp"):  # noqa: F811
-    cfg = small_config(prepared)
+    """20 steps; with 4 ranks as two runs of 10 (`trainer.steps_this_run=10`, then the same command again)."""
+    halves = dp * tp == 4
+    cfg = small_config(prepared, steps_this_run=10 if halves else -1)
     cfg.parallel.data_parallel_degree, cfg.parallel.tensor_parallel_degree = dp, tp
     cfg.parallel.data_parallel_mode = DataParallelMode(mode)
     run_dir = tmp_path / f"dp{dp}-tp{tp}-{mode}"
-    proc = run_job(run_dir, cfg, procs=dp * tp, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for _ in range(2 if halves else 1):
+        proc = run_job(run_dir, cfg, procs=dp * tp, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    if halves:
+        assert f"resumed from {run_dir / 'checkpoints' / 'step_10'} (step 10" in proc.stdout
     return run_dir
 
 

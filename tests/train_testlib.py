@@ -87,9 +87,11 @@ def run_job(run_dir: Path, cfg: JobConfig, procs: int = 1, timeout: int = 300) -
     )
 
 
-def start_job(run_dir: Path, cfg: JobConfig, log: Path) -> subprocess.Popen:
+def start_job(run_dir: Path, cfg: JobConfig, log: Path, procs: int = 1) -> subprocess.Popen:
     write_config(run_dir, cfg)
-    return subprocess.Popen(job_command(run_dir), env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(
+        job_command(run_dir, procs=procs), env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT
+    )
 
 
 def losses(stdout: str) -> dict[int, float]:
@@ -125,3 +127,14 @@ def prepared(tmp_path_factory) -> Path:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return cache
+
+
+def tb_raw_steps(tb_dir: Path, tag: str = "train/loss") -> list[int]:
+    """Steps of every `tag` event in the event files as written (no purge applied), file by file in order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps

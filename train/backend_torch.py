@@ -203,9 +203,8 @@ class TorchBackend:
             coef = min(1.0, clip / (grad_norm + 1e-6))
             if coef < 1.0:
                 with torch.no_grad():
-                    for p, _ in self._replicated:
-                        if p.grad is not None:
-                            _local(p.grad).mul_(coef)
+                    # One fused multiply over every local gradient, as torch's clip_grad_norm_ does.
+                    torch._foreach_mul_([_local(p.grad) for p, _ in self._replicated if p.grad is not None], coef)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -214,20 +213,25 @@ class TorchBackend:
     def _grad_sq_norm(self) -> torch.Tensor:
         from torch.distributed.tensor import DTensor, Replicate
 
-        total = torch.zeros((), device=self.device, dtype=torch.float32)
+        grads, weights = [], []
+        for p, weight in self._replicated:
+            g = p.grad
+            if g is None:
+                continue
+            if isinstance(g, DTensor):
+                copies = self.world_size // g.device_mesh.size()
+                for axis, placement in enumerate(g.placements):
+                    if isinstance(placement, Replicate):
+                        copies *= g.device_mesh.size(axis)
+                weight = 1.0 / copies
+            grads.append(_local(g))
+            weights.append(weight)
+        if not grads:
+            return torch.zeros((), device=self.device, dtype=torch.float32)
         with torch.no_grad():
-            for p, weight in self._replicated:
-                g = p.grad
-                if g is None:
-                    continue
-                if isinstance(g, DTensor):
-                    copies = self.world_size // g.device_mesh.size()
-                    for axis, placement in enumerate(g.placements):
-                        if isinstance(placement, Replicate):
-                            copies *= g.device_mesh.size(axis)
-                    weight = 1.0 / copies
-                total += _local(g).float().pow(2).sum() * weight
-        return total
+            # One fused norm kernel over all local gradients (clip_grad_norm_'s path), then the weighted sum.
+            norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+            return (norms.pow(2) * torch.tensor(weights, device=norms.device, dtype=torch.float32)).sum()
 
     @torch.no_grad()
     def eval_loss(self, batches: list[torch.Tensor]) -> tuple[float, int]:
