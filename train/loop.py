@@ -63,8 +63,7 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
         dp_rank=backend.dp_rank,
         dp_size=backend.dp_size,
         seed=t.seed,
-        # No schema field yet: shuffling is off, as in NxD's examples, unless one is added.
-        shuffle=bool(getattr(t, "shuffle", False)),
+        shuffle=t.shuffle,  # off by default, as in NxD's examples
         consumed=consumed,
     )
     held_out = eval_batches(
