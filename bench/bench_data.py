@@ -25,6 +25,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,10 +152,38 @@ def make_tokenizer(folder: Path, corpus: Path) -> None:
 # ---------------------------------------------------------------- the three pipelines (each in a fresh process)
 
 
+def _rss_anon_kb() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class _AnonPeak:
+    """Peak RssAnon of this process, sampled every 10 ms. RSS also counts file pages of memory-mapped files
+    (ours maps its finished Arrow file to hand it to `save_to_disk`), which grow with the output but are page
+    cache the kernel can drop; anonymous memory is what must stay flat."""
+
+    peak_kb = 0
+
+    @classmethod
+    def start(cls) -> None:
+        def sample() -> None:
+            while True:
+                cls.peak_kb = max(cls.peak_kb, _rss_anon_kb())
+                time.sleep(0.01)
+
+        threading.Thread(target=sample, daemon=True).start()
+
+
 def _rss_mb() -> dict:
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"rss_main_mb": self_kb / 1024, "rss_worker_mb": child_kb / 1024}
+    anon_kb = max(_AnonPeak.peak_kb, _rss_anon_kb())
+    return {"rss_main_mb": self_kb / 1024, "anon_main_mb": anon_kb / 1024, "rss_worker_mb": child_kb / 1024}
 
 
 def job_raw(args: dict) -> dict:
@@ -270,6 +299,7 @@ def main() -> None:
     ap.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.job:
+        _AnonPeak.start()
         print(json.dumps({"raw": job_raw, "ours": job_ours, "nxd": job_nxd}[a.job[0]](json.loads(a.job[1]))))
         return
 
@@ -310,7 +340,7 @@ def main() -> None:
 
     raw = rows["raw"]["seconds"]
     print(
-        f"\n{'pipeline':<36}{'seconds':>9}{'Mtok/s':>8}{'x raw':>7}{'RSS main':>10}{'RSS wkr':>9}"
+        f"\n{'pipeline':<36}{'seconds':>9}{'Mtok/s':>8}{'x raw':>7}{'RSS main':>10}{'anon main':>10}{'RSS wkr':>9}"
         f"{'B/token':>9}{'load':>6}"
     )
     for name, label in (
@@ -329,7 +359,7 @@ def main() -> None:
         wkr = f"{r['rss_worker_mb']:.0f}M" if name.startswith("ours") else "-"  # only ours has workers
         print(
             f"{label:<36}{r['seconds']:>9.1f}{toks / r['seconds'] / 1e6:>8.2f}{ratio:>7}"
-            f"{r['rss_main_mb']:>9.0f}M{wkr:>9}{bpt:>9}{r['load']:>6.1f}"
+            f"{r['rss_main_mb']:>9.0f}M{r['anon_main_mb']:>9.0f}M{wkr:>9}{bpt:>9}{r['load']:>6.1f}"
         )
     o = rows["ours"]
     print(
