@@ -9,9 +9,10 @@ Inputs are written shard by shard (one safetensors file per layer, one each for 
 lm_head) with seeded random values, never built in transformers; the reference reads a single `torch.save` file of
 the same tensors, written tensor by tensor. Each timed command runs in its own process with the page cache dropped
 first (`sync; echo 3 > /proc/sys/vm/drop_caches`, which needs root: without it the table says so; python's and
-torch's own libraries are then read back in, untimed) and a final `sync` inside its timing. Peak anonymous memory
-is the process's RssAnon (not RSS, which counts the memory-mapped input), sampled from /proc every 10 ms. Outputs
-are deleted after each run, inputs after each model size.
+torch's own libraries are then read back in, untimed, and freed memory is given `--settle` seconds to go back
+to the host: see `drop_caches`) and a final `sync` inside its timing; cp and ours run `--repeats` times,
+interleaved. Peak anonymous memory is the process's RssAnon (not RSS, which counts the memory-mapped input),
+sampled from /proc every 10 ms. Outputs are deleted after each run, inputs after each model size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,14 +138,23 @@ def can_drop_caches() -> bool:
     return os.access(DROP, os.W_OK)
 
 
+SETTLE = 10.0
+
+
 def drop_caches(enabled: bool) -> None:
     """Drop the page cache, then read python's and torch's libraries back in (not timed): a cold `import torch`
-    costs seconds of disk reads that would be charged to the converters and not to `cp`."""
+    costs seconds of disk reads that would be charged to the converters and not to `cp`. Then wait SETTLE
+    seconds: on a VM whose balloon driver reports free pages to the host (virtio-balloon free page reporting),
+    memory freed by the drop is handed back to the host a few seconds later, and a page used again costs a host
+    fault (writes into such memory measured ~0.4 GB/s against ~5 GB/s into memory still backed). Without the wait,
+    whichever command runs first gets backed memory and the other does not; after it, every command pays the
+    same per page it touches (its page cache, in and out), as on a freshly booted VM."""
     subprocess.run(["sync"], check=True)
     if enabled:
         DROP.write_text("3\n")
         warm = "import torch, safetensors, tqdm, checkpoint.convert, checkpoint.hf_stream, checkpoint.torch_files"
         subprocess.run([sys.executable, "-c", warm], check=True, cwd=ROOT)
+        time.sleep(SETTLE)
 
 
 def timed(cmd: list[str], drop: bool) -> tuple[float, int]:
@@ -183,8 +194,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small widths (same heads and layout): a functional check")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--xser", action="store_true", help="also time --save_xser 1")
+    ap.add_argument("--repeats", type=int, default=3, help="cp and ours runs per size, interleaved (median shown)")
+    ap.add_argument("--settle", type=float, default=SETTLE, help="seconds to wait after dropping the page cache")
     ap.add_argument("--_reference", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    globals()["SETTLE"] = args.settle
     if args._reference:
         reference(*args._reference)
         return
@@ -209,13 +223,25 @@ def main() -> None:
             cfg = model_config(layers, args.quick)
             src, out = args.dir / f"hf_{layers}l", args.dir / "out"
             size = write_input(src, cfg)
-            cp_s, _ = timed(["cp", "-r", str(src), str(out)], drop)
-            rm(out)
             ours_cmd = [sys.executable, "-m", "checkpoint.convert", "--input_dir", str(src), "--output_dir", str(out)]
             ours_cmd += [*FLAGS, "--no_progress", "--convert_from_full_state"]
-            ours_s, ours_mib = timed(ours_cmd, drop)
-            rm(out)
-            row = {"layers": layers, "gb": size / 1e9, "cp_s": cp_s, "ours_s": ours_s, "ours_mib": ours_mib}
+            cps, ours, mibs = [], [], []
+            for _ in range(args.repeats):  # interleaved, so drift in the machine hits both alike
+                cps.append(timed(["cp", "-r", str(src), str(out)], drop)[0])
+                rm(out)
+                ours_s, ours_mib = timed(ours_cmd, drop)
+                ours.append(ours_s)
+                mibs.append(ours_mib)
+                rm(out)
+            row = {
+                "layers": layers,
+                "gb": size / 1e9,
+                "cp_s": statistics.median(cps),
+                "ours_s": statistics.median(ours),
+                "ours_mib": max(mibs),
+                "cp_all": [round(x, 1) for x in cps],
+                "ours_all": [round(x, 1) for x in ours],
+            }
             if args.xser:
                 row["xser_s"], row["xser_mib"] = timed([*ours_cmd[:-1], "--save_xser", "1", ours_cmd[-1]], drop)
                 rm(out)
@@ -238,7 +264,8 @@ def report(rows: list[dict], quick: bool, dropped: bool, startup: float) -> None
     shape = "quick widths (hidden 1024)" if quick else "Llama-3-70B layer shapes"
     print(
         f"\nHF -> NxD tp {TP} x pp {PP}, bf16, {shape}; page cache "
-        f"{'dropped' if dropped else 'NOT dropped (not root)'} before each run, sync inside each timing; "
+        f"{'dropped' if dropped else 'NOT dropped (not root)'} before each run, then {SETTLE:.0f} s for freed "
+        "memory to settle; sync inside each timing; cp and ours: median of the runs listed; "
         f"python + torch start-up (inside ours and reference, warm) {startup:.1f} s"
     )
     print(
@@ -267,6 +294,8 @@ def report(rows: list[dict], quick: bool, dropped: bool, startup: float) -> None
                 else ""
             )
         )
+    for r in rows:
+        print(f"{r['layers']} layers, every run (s): cp {r['cp_all']}, ours {r['ours_all']}")
     for r in rows:
         if "xser_s" in r:
             print(

@@ -178,6 +178,9 @@ def _to_nxd(src_path: Path, dest: Path, arch: Arch, layout: Layout, xser: bool, 
     bar = Progress(total, sum(map(len, plans.values())), "HF -> NxD", progress)
     (dest / "model").mkdir(parents=True, exist_ok=True)
     stream_cls = XserStream if xser else TorchFileStream
+    # One buffer for every slice that needs a copy, allocated once: fresh pages for each slice would cost a
+    # page fault and zeroing per 4 KiB (and, on VMs that return freed memory to the host, a host fault too).
+    scratch = torch.empty(max(_nbytes(rt.shape, dtype_of(rt)) for pl in plans.values() for rt in pl), dtype=torch.uint8)
     try:
         for p in range(layout.pp):
             # Tensor-major within a pipeline stage: all tp files of the stage are filled side by side, so each
@@ -196,11 +199,12 @@ def _to_nxd(src_path: Path, dest: Path, arch: Arch, layout: Layout, xser: bool, 
                     src.prefetch({alias.get(pc.hf_key, pc.hf_key) for pc in stage[0][i + 1].pieces})
                 for t, pl in enumerate(stage):
                     rt = pl[i]
-                    parts = [src.read(pc, alias.get(pc.hf_key, pc.hf_key)) for pc in rt.pieces]
-                    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+                    dtype = dtype_of(rt)
+                    buf = scratch[: _nbytes(rt.shape, dtype)].view(dtype).as_strided(rt.shape, rt.stride)
+                    out = src.produce(rt.pieces, buf, alias)
                     streams[t].put(out)
                     bar.step(out.numel() * out.element_size())
-                    del out, parts
+                    del out
             for s in streams:
                 s.close()
     finally:

@@ -1,13 +1,14 @@
-"""Streaming access to HF weights: read row/column slices from safetensors shards (or one torch state-dict
-file), and write safetensors shards one tensor at a time.
+"""Streaming access to HF weights: rank tensors made from memory-mapped safetensors shards (or one torch
+state-dict file), and safetensors shards written one tensor at a time.
 
-Reading goes through `safe_open(...).get_slice`, which copies only the requested rows/columns out of the
-memory-mapped shard, so a conversion's anonymous memory is one slice, whatever the model size.
+`HFSource.produce` takes views of the mapped input and copies only what must be rearranged into one reused
+buffer, so a conversion's anonymous memory is one rank tensor, whatever the model size.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ class HFSource:
         self._torch: dict[str, torch.Tensor] | None = None
         self._spans: dict[str, tuple[Path, int, int]] = {}
         self._fds: dict[Path, int] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         if path.is_file():
             self._open_torch(path)
         else:
@@ -98,6 +100,59 @@ class HFSource:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._maps.clear()
+
+    def view(self, key: str) -> torch.Tensor:
+        """Tensor `key` as a view of the memory-mapped input: no copy, no anonymous memory (page cache only)."""
+        if self._torch is not None:
+            return self._torch[key]
+        path, start, stop = self._spans[key]
+        if path not in self._maps:
+            with open(path, "rb") as f:
+                # ACCESS_COPY: a private, writable mapping (torch.frombuffer wants one) that shares the page cache
+                # until written to, which never happens.
+                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        shape, dtype = self.meta(key)
+        flat = torch.frombuffer(self._maps[path], dtype=torch.uint8, count=stop - start, offset=start)
+        return flat.view(dtype).view(shape)
+
+    def produce(self, pieces: Sequence[Piece], dest: torch.Tensor, alias: dict[str, str]) -> torch.Tensor:
+        """A rank tensor: its pieces, concatenated along dim 0, each piece's ranges along its own dim.
+
+        A single contiguous piece (a whole tensor, or one row range of a safetensors tensor) is returned as a
+        view of the mapped input, so its bytes go from the page cache to the output file without a copy in
+        between; anything else is copied into `dest` (a reused buffer with the rank tensor's shape and strides),
+        never into fresh memory: a conversion's anonymous memory is that one buffer, whatever the model size."""
+        if len(pieces) == 1 and self._torch is None and dest.is_contiguous():
+            pc = pieces[0]
+            if pc.dim < 0 or (pc.dim == 0 and len(pc.ranges) == 1):
+                full = self.view(alias.get(pc.hf_key, pc.hf_key))
+                if pc.dim == 0:
+                    a, b = pc.ranges[0]
+                    full = full[a:b]
+                if full.is_contiguous():  # rows of a row-major tensor are one byte range
+                    path, start, _ = self._spans[alias.get(pc.hf_key, pc.hf_key)]
+                    offset = start + full.storage_offset() * full.element_size()
+                    flat = torch.frombuffer(self._maps[path], dtype=torch.uint8, count=full.nbytes, offset=offset)
+                    return flat.view(full.dtype).view(dest.shape)
+        row = 0
+        for pc in pieces:
+            full = self.view(alias.get(pc.hf_key, pc.hf_key))
+            if pc.dim < 0:
+                dest.narrow(0, row, full.shape[0]).copy_(full)
+                row += full.shape[0]
+            elif pc.dim == 0:
+                for a, b in pc.ranges:
+                    dest.narrow(0, row, b - a).copy_(full[a:b])
+                    row += b - a
+            else:
+                rows, col = full.shape[0], 0
+                block = dest.narrow(0, row, rows)
+                for a, b in pc.ranges:
+                    block.narrow(pc.dim, col, b - a).copy_(full.narrow(pc.dim, a, b - a))
+                    col += b - a
+                row += rows
+        return dest
 
     def names(self) -> list[str]:
         return list(self._torch) if self._torch is not None else list(self._where)
@@ -111,32 +166,6 @@ class HFSource:
             return tuple(t.shape), t.dtype
         sl = self._handles[self._where[key]].get_slice(key)
         return tuple(sl.get_shape()), FROM_ST[sl.get_dtype()]
-
-    def read(self, piece: Piece, key: str | None = None) -> torch.Tensor:
-        """The piece's rows/columns of HF tensor `key` (default piece.hf_key), as a new contiguous tensor."""
-        key = key or piece.hf_key
-        try:
-            if self._torch is not None:
-                t = self._torch[key]
-                parts = [t] if piece.dim < 0 else [t.narrow(piece.dim, a, b - a) for a, b in piece.ranges]
-            else:
-                sl = self._handles[self._where[key]].get_slice(key)
-                if piece.dim < 0:
-                    parts = [sl[:]]
-                elif piece.dim == 0:
-                    parts = [sl[a:b] for a, b in piece.ranges]
-                else:
-                    parts = [sl[:, a:b] for a, b in piece.ranges]
-        except (SafetensorError, OSError) as e:
-            raise ValueError(
-                f"Reading {key} from {self.file_of(key)} failed ({e}); the file is corrupt or "
-                "truncated: download it again."
-            ) from e
-        if len(parts) > 1:
-            return torch.cat(parts, dim=max(piece.dim, 0))
-        # A view into an mmap'd torch file or a non-contiguous slice: own, contiguous storage (as NxD's clone()).
-        out = parts[0]
-        return out.clone(memory_format=torch.contiguous_format) if self._torch is not None else out.contiguous()
 
 
 def _data_spans(path: Path) -> dict[str, tuple[Path, int, int]]:

@@ -13,6 +13,7 @@ reference is present). torch_xla is not needed: a stand-in class with the same m
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import mmap
 import pickle
@@ -22,6 +23,7 @@ import types
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,9 @@ def with_layout(t: torch.Tensor, spec: Spec) -> torch.Tensor:
     """`t` with the spec's strides in a storage of its own (what NxD's `.clone()` leaves)."""
     key, shape, dtype, stride = spec
     assert tuple(t.shape) == tuple(shape) and t.dtype == dtype, (key, t.shape, shape, t.dtype, dtype)
-    if t.stride() == tuple(stride) and not t.storage_offset() and t.untyped_storage().nbytes() == t.nbytes:
+    # The writer writes a storage's first nbytes: a tensor at offset 0 with the spec's (dense) strides is exactly
+    # those bytes, even in a larger (reused) storage.
+    if t.stride() == tuple(stride) and not t.storage_offset() and t.untyped_storage().nbytes() >= t.nbytes:
         return t
     return torch.empty_strided(shape, stride, dtype=dtype).copy_(t)
 
@@ -88,15 +92,23 @@ class TorchFileStream:
         name, size = self.pending[self.done]
         t = with_layout(t, self.specs[self.done])
         storage = t.untyped_storage()
-        raw = torch.empty(0, dtype=torch.uint8).set_(storage).numpy() if size else b""
+        raw = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()[:size] if size else b""
+        # The write (torch's writer, holding the GIL) runs on a helper thread while this one computes the CRC
+        # (zlib releases the GIL): the two passes over the bytes overlap on two cores.
+        written = _writer_thread().submit(self.writer.write_record, name, storage, size)
         self.crcs[name] = zlib.crc32(raw)
-        self.writer.write_record(name, storage, size)
+        written.result()
         self.done += 1
 
     def close(self) -> None:
         assert self.done == len(self.specs), (self.done, len(self.specs))
         self.writer.write_end_of_file()
         _patch_crcs(self.path, self.crcs)
+
+
+@functools.cache
+def _writer_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-file-writer")
 
 
 _U64 = (1 << 64) - 1
