@@ -107,14 +107,17 @@ class HFSource:
         if self._torch is not None:
             return self._torch[key]
         path, start, stop = self._spans[key]
+        shape, dtype = self.meta(key)
+        return self._mapped(path, start, stop - start).view(dtype).view(shape)
+
+    def _mapped(self, path: Path, offset: int, nbytes: int) -> torch.Tensor:
+        """`nbytes` bytes of `path` from `offset`, as a uint8 tensor whose storage is exactly those bytes."""
         if path not in self._maps:
             with open(path, "rb") as f:
                 # ACCESS_COPY: a private, writable mapping (torch.frombuffer wants one) that shares the page cache
                 # until written to, which never happens.
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        shape, dtype = self.meta(key)
-        flat = torch.frombuffer(self._maps[path], dtype=torch.uint8, count=stop - start, offset=start)
-        return flat.view(dtype).view(shape)
+        return torch.frombuffer(self._maps[path], dtype=torch.uint8, count=nbytes, offset=offset)
 
     def produce(self, pieces: Sequence[Piece], dest: torch.Tensor, alias: dict[str, str]) -> torch.Tensor:
         """A rank tensor: its pieces, concatenated along dim 0, each piece's ranges along its own dim.
@@ -133,8 +136,7 @@ class HFSource:
                 if full.is_contiguous():  # rows of a row-major tensor are one byte range
                     path, start, _ = self._spans[alias.get(pc.hf_key, pc.hf_key)]
                     offset = start + full.storage_offset() * full.element_size()
-                    flat = torch.frombuffer(self._maps[path], dtype=torch.uint8, count=full.nbytes, offset=offset)
-                    return flat.view(full.dtype).view(dest.shape)
+                    return self._mapped(path, offset, full.nbytes).view(full.dtype).view(dest.shape)
         row = 0
         for pc in pieces:
             full = self.view(alias.get(pc.hf_key, pc.hf_key))

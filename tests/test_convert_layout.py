@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from checkpoint.convert import to_nxd
+from checkpoint.hf_adapter import to_hf_config
 from checkpoint.nxd_layout import Arch, Layout, rank_plan
 from checkpoint.torch_files import RankFile
 from launcher.arithmetic import nxd_rank_shapes
@@ -232,14 +233,7 @@ def test_rank_shapes_match_the_reference_at_tp32(size, pp):
             num_key_value_heads=8,
         )
     )
-    arch = Arch(
-        m.vocab_size,
-        m.hidden_size,
-        m.intermediate_size,
-        m.num_hidden_layers,
-        m.num_attention_heads,
-        m.num_key_value_heads,
-    )
+    arch = Arch.from_hf_config(to_hf_config(m))
     table = {
         "70b": {
             "qkv_proj.weight_qkv": (512, 8192),

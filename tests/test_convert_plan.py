@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint.convert import layout_from_cfg
+from checkpoint.hf_adapter import to_hf_config
 from checkpoint.nxd_layout import Arch, rank_plan
 from launcher.arithmetic import head_dim, nxd_rank_shapes
 from launcher.compose import compose
@@ -62,15 +63,7 @@ def _agree(plan) -> None:
     )
     assert (lo.tp, lo.pp) == (d.tensor_parallel, d.pipeline_parallel)
     m = cfg.model
-    arch = Arch(
-        m.vocab_size,
-        m.hidden_size,
-        m.intermediate_size,
-        m.num_hidden_layers,
-        m.num_attention_heads,
-        m.num_key_value_heads,
-        m.tie_word_embeddings,
-    )
+    arch = Arch.from_hf_config(to_hf_config(m))
     hd = head_dim(m)
     for pp_rank in range(lo.pp):
         want = nxd_rank_shapes(m, d.tensor_parallel, d.pipeline_parallel, p.kv_size_multiplier, p.fuse_qkv, pp_rank)
