@@ -203,9 +203,10 @@ def job_raw(args: dict) -> dict:
 
 
 def job_ours(args: dict) -> dict:
-    from data.prepare import run
-    from launcher.schema import DataSource, JobConfig, Stage
-    from launcher.stages import StageContext
+    from core.config import JobConfig
+    from core.stages import Stage, StageContext
+    from data.config import DataSource
+    from data.stage_data import run
 
     cfg = JobConfig()
     cfg.model.vocab_size = VOCAB

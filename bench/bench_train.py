@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher.schema import ModelConfig  # noqa: E402  (torch-free)
+from model.config import ModelConfig  # noqa: E402  (torch-free)
 
 # name -> (model, micro batch, seq_len). ~100M: 12 x 768 blocks (75M) + 16k vocabulary in and out (25M).
 SIZES: dict[str, tuple[ModelConfig, int, int]] = {
@@ -54,7 +54,8 @@ SIZES: dict[str, tuple[ModelConfig, int, int]] = {
 
 
 def _config(size: str, threads: int, precision: str, steps: int):
-    from launcher.schema import JobConfig, Precision
+    from core.config import JobConfig
+    from train.config import Precision
 
     model, batch, seq = SIZES[size]
     cfg = JobConfig(model=replace(model))
@@ -157,7 +158,7 @@ def startup(args: argparse.Namespace, n: int) -> tuple[list[float], list[float],
     """(process start -> step 1 logged, loop startup_seconds, `import torch`) over n fresh train stages."""
     from omegaconf import OmegaConf
 
-    from launcher.schema import JobConfig
+    from core.config import JobConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

@@ -13,9 +13,7 @@ False` meant true there: it is refused rather than silently read either way.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -26,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint.nxd_layout import Arch, Layout, check, hf_keys, piece_rows, rank_file_name, rank_plan
+from core import publish
+from core.fingerprint import digest
 
-MARKER = "_convert.json"
+# The standalone converter's own marker (its output folder may be used without the launcher).
+CONVERT_MARKER = "_convert.json"
 IGNORED_HF = ("rotary_emb.inv_freq",)
 # `True` means true in NxD as well; any other spelling of false (`False`, `no`) meant *true* to NxD's converter.
 TRUE, FALSE = ("1", "true", "True"), ("0", "false")
@@ -389,10 +390,6 @@ def _to_hf(
 # ---------------------------------------------------------------- atomic output
 
 
-def _fingerprint(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def input_signature(path: Path) -> list[tuple[str, int, int]]:
     """(relative name, size, mtime) of every file under `path`: a changed input means a new conversion."""
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
@@ -403,10 +400,10 @@ def input_signature(path: Path) -> list[tuple[str, int, int]]:
 def atomic_dir(final: Path, inputs: dict[str, Any]) -> Iterator[Path | None]:
     """Yield a temporary sibling of `final` to fill (None: `final` already holds this conversion); renamed into
     place with a marker only when the body finished."""
-    fp = _fingerprint(inputs)
+    fp = digest(inputs)
     if final.exists() and any(final.iterdir()):
         try:
-            marker = json.loads((final / MARKER).read_text())
+            marker = json.loads((final / CONVERT_MARKER).read_text())
         except (OSError, ValueError):
             marker = None
         if marker is not None and marker.get("fingerprint") == fp:
@@ -417,21 +414,9 @@ def atomic_dir(final: Path, inputs: dict[str, Any]) -> Iterator[Path | None]:
             f"Output folder {final} already holds {held}, not this one (a different input, layout or flag). "
             "Nothing was written. Choose another --output_dir or delete that folder first."
         )
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with publish.publishing(final) as tmp:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"fingerprint": fp, "inputs": inputs}, indent=2, default=str) + "\n")
-        if final.exists():
-            final.rmdir()
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish.write_json(tmp / CONVERT_MARKER, {"fingerprint": fp, "inputs": inputs})
 
 
 # ---------------------------------------------------------------- CLI
@@ -526,7 +511,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
             return {
                 "skipped": True,
                 "output": str(args.output_dir),
-                "reason": f"{args.output_dir} already holds this conversion ({MARKER} matches)",
+                "reason": f"{args.output_dir} already holds this conversion ({CONVERT_MARKER} matches)",
             }
         if to_nxd_mode:
             summary = to_nxd(args.input_dir, tmp, arch, layout, xser=args.save_xser, progress=progress)
@@ -559,33 +544,6 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     lines += [f"  warning  {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- stage
-
-
-def layout_from_cfg(cfg: Any, input_dir: Path | str = ".", output_dir: Path | str = ".") -> Layout:
-    """The stage's layout, parsed by the standalone converter's parser from `launcher.nxd_args.convert_args`:
-    the flags the plan prints for this stage, built from the same cfg.parallel fields as the NxD training flags."""
-    from launcher.nxd_args import convert_args
-
-    args = parser().parse_args(convert_args(cfg, input_dir, output_dir))
-    return Layout(args.tp_size, args.pp_size, args.kv_size_multiplier, args.qkv_linear, args.fuse_qkv, args.hw_backend)
-
-
-def run_stage(cfg: Any, ctx: Any) -> dict[str, Any]:
-    """`convert` stage: the pretrained HF folder -> ctx.work_dir/model/... (renamed to pretrained_weight)."""
-    from checkpoint.hf_load import check_config, read_hf_config
-    from launcher.stages import pretrained_dir
-
-    src = pretrained_dir(cfg)
-    check_config(src, cfg.model)
-    arch = Arch.from_hf_config(read_hf_config(src), str(src / "config.json"))
-    # xser, as the seed converts (--save_xser 1) and as NxD's trainer saves; its loader detects either form.
-    layout = layout_from_cfg(cfg, src, ctx.work_dir)
-    summary = to_nxd(src, Path(ctx.work_dir), arch, layout, xser=True, progress=sys.stderr.isatty())
-    print(format_summary(summary), flush=True)
-    return summary
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `export` stage: the newest complete training checkpoint -> an HF folder (safetensors + config.json).
+"""Export of a training checkpoint to an HF folder (safetensors + config.json); the stage is checkpoint/stage_export.py.
 
 - nxd backend: `step_N/model/dp_rank_00_tp_rank_XX_pp_rank_YY.pt` (plain or xser) is merged back with the same
   layout plan the conversion uses (checkpoint/nxd_layout.py), streaming one HF tensor at a time.
@@ -9,37 +9,30 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from launcher.schema import Backend, JobConfig, Stage
-
-STEP = re.compile(r"^step_(\d+)$")
-DONE_MARKERS = ("COMPLETE", "done")
+from checkpoint import steps
+from model.config import ModelConfig
 
 
 def latest_step(root: Path) -> Path:
-    """Newest step_N under `root` with a completion marker (ours: COMPLETE; NxD's: done)."""
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in (root.iterdir() if root.is_dir() else [])
-        if (m := STEP.match(p.name)) and any((p / d).exists() for d in DONE_MARKERS)
-    )
-    if not steps:
+    """Newest complete step_N under `root` (ours: COMPLETE; NxD's: done), or a one-paragraph error."""
+    step = steps.latest(root)
+    if step is None:
         raise ValueError(
-            f"No complete training checkpoint (step_N with COMPLETE or done) under {root}: run the "
-            "train stage first (export reads its last checkpoint)."
+            f"No complete training checkpoint (step_N with {' or '.join(steps.DONE_MARKERS)}) under {root}: run "
+            "the train stage first (export reads its last checkpoint)."
         )
-    return steps[-1][1]
+    return step
 
 
-def merge_torch_shards(step: Path, cfg: JobConfig) -> dict[str, Any]:
+def merge_torch_shards(step: Path, model_cfg: ModelConfig) -> dict[str, Any]:
     """Full tensors (our key names) from a torch-backend checkpoint, whatever its DP/TP sharding."""
     import torch
 
+    from checkpoint.train_state import read_metadata, verify
     from model.llama3 import build
-    from train.checkpoint import read_metadata, verify
 
     meta = read_metadata(step)
     verify(step, meta)
@@ -47,13 +40,9 @@ def merge_torch_shards(step: Path, cfg: JobConfig) -> dict[str, Any]:
     tp, dp = int(par["tensor_parallel_degree"]), int(par["data_parallel_degree"])
     shards_dp = dp if par.get("data_parallel_mode") == "fsdp" else 1
     with torch.device("meta"):
-        model = build(cfg.model, device="meta")
+        model = build(model_cfg, device="meta")
         full_shapes = {k: tuple(v.shape) for k, v in model.named_parameters(remove_duplicate=False)}
-    files = {
-        (d, t): step / "model" / f"dp_rank_{d:02d}_tp_rank_{t:02d}_pp_rank_00.pt"
-        for d in range(shards_dp)
-        for t in range(tp)
-    }
+    files = {(d, t): step / "model" / steps.rank_file_name(d, t, 0) for d in range(shards_dp) for t in range(tp)}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise ValueError(
@@ -80,24 +69,3 @@ def merge_torch_shards(step: Path, cfg: JobConfig) -> dict[str, Any]:
             full = torch.cat(locals_, dims[0])
         out[key] = full.clone()
     return out
-
-
-def run(cfg: JobConfig, ctx: Any) -> dict[str, Any]:
-    from checkpoint.hf_adapter import to_hf_config
-    from launcher.arithmetic import backend_for
-    from launcher.stages import final_dir
-
-    step = latest_step(final_dir(Stage.train, cfg, Path(ctx.run_dir)))
-    out = Path(ctx.work_dir)
-    if backend_for(cfg) == Backend.nxd:
-        from checkpoint.convert import format_summary, layout_from_cfg, to_hf
-        from checkpoint.nxd_layout import Arch
-
-        hf = to_hf_config(cfg.model, "bfloat16")
-        summary = to_hf(step, out, Arch.from_hf_config(hf), layout_from_cfg(cfg), hf, progress=False)
-        print(format_summary(summary), flush=True)
-    else:
-        from checkpoint.hf_load import save_hf
-
-        summary = save_hf(merge_torch_shards(step, cfg), cfg.model, out)
-    return {**summary, "step": int(step.name.removeprefix("step_")), "checkpoint": str(step)}

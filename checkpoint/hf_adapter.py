@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from launcher.schema import ModelConfig
+from model.config import ModelConfig
 
 # HF key -> our key; "{}" is the layer index; None: an HF key we drop (a config-derived buffer).
 FROM_HF: dict[str, str | None] = {

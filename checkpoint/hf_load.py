@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from checkpoint.hf_adapter import config_mismatches, from_hf_key, to_hf, to_hf_config
-from launcher.schema import ModelConfig
+from model.config import ModelConfig
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -11,7 +11,7 @@ and of the runtime layers that load its output (facts in shared/reference/nxd-ll
 - without qkv_linear: natural dim-0 splits of q/k/v (MHA + fuse_qkv: per rank [q_r; k_r; v_r] in
   `qkv_proj.weight`, NxD's `--coalesce_qkv` layout that its stride-3 `qkv_proj` loads).
 - gate_up_proj: per rank [gate_r; up_r]; o_proj and down_proj split on dim 1; norms replicated.
-- layers: contiguous blocks per pipeline rank, as NxD's `create_partitions` (launcher.arithmetic).
+- layers: contiguous blocks per pipeline rank, as NxD's `create_partitions` (core.arithmetic).
 
 Key order within a rank file follows NxD's: HF module order, gate_up at the gate position, fused qkv (and the
 coalesced MHA qkv) appended after everything else, in layer order.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.arithmetic import stage_layer_ranges
+from core.arithmetic import stage_layer_ranges
 
 HW_BACKENDS = ("trn1",)
 LAYER_KEYS = (
@@ -315,7 +315,10 @@ def rank_plan(arch: Arch, layout: Layout, tp_rank: int, pp_rank: int) -> list[Ra
 
 
 def rank_file_name(tp_rank: int, pp_rank: int) -> str:
-    return f"dp_rank_00_tp_rank_{tp_rank:02d}_pp_rank_{pp_rank:02d}.pt"
+    """NxD's converter writes dp rank 0 only (every dp replica loads it)."""
+    from checkpoint.steps import rank_file_name as name
+
+    return name(0, tp_rank, pp_rank)
 
 
 def piece_rows(piece: Piece, rank_shape: tuple[int, ...]) -> int:

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launcher.schema import JobConfig
-from launcher.stages import MARKER, data_dir
+from core.marker import STAGE_MARKER
 
 SPLITS = ("train", "validation")
 
@@ -30,15 +29,16 @@ class DatasetInfo:
     rows: dict[str, int]
 
 
-def check_dataset(cfg: JobConfig) -> DatasetInfo:
-    """Refuse a missing, incomplete or mismatched dataset with one paragraph that says how to fix it."""
-    root = data_dir(cfg)
+def check_dataset(root: Path, *, seq_len: int, vocab_size: int) -> DatasetInfo:
+    """Refuse a missing, incomplete or mismatched dataset with one paragraph that says how to fix it.
+    `seq_len` is the training sequence length (data.seq_len), `vocab_size` the model's embedding rows."""
+    want_seq, model_vocab = seq_len, vocab_size
     make = "Run the data stage first (python -m launcher stages=[data], or without stages=... to run all)."
     if not root.exists():
         raise ValueError(
             f"The prepared dataset {root} (data.output_dir / data_dir of this config) does not exist. {make}"
         )
-    marker_path = root / MARKER
+    marker_path = root / STAGE_MARKER
     try:
         marker = json.loads(marker_path.read_text())
         summary = marker["summary"]
@@ -56,18 +56,18 @@ def check_dataset(cfg: JobConfig) -> DatasetInfo:
             f"missing or not a `datasets` save_to_disk folder (no state.json). Delete {root} and "
             f"rerun the data stage (python -m launcher stages=[data] force=true)."
         )
-    if seq_len != cfg.data.seq_len:
+    if seq_len != want_seq:
         raise ValueError(
             f"The prepared dataset {root} has blocks of seq_len={seq_len} tokens, but "
-            f"data.seq_len={cfg.data.seq_len}. Training reads whole blocks, so they must agree: set "
+            f"data.seq_len={want_seq}. Training reads whole blocks, so they must agree: set "
             f"data.seq_len={seq_len}, or point data.output_dir elsewhere (or leave it empty) so the "
-            f"data stage packs a dataset for {cfg.data.seq_len}."
+            f"data stage packs a dataset for {want_seq}."
         )
-    if vocab > cfg.model.vocab_size:
+    if vocab > model_vocab:
         raise ValueError(
             f"The prepared dataset {root} was tokenized with a vocabulary of {vocab} tokens "
             f"(tokenizer {summary.get('tokenizer', '?')}), more than model.vocab_size="
-            f"{cfg.model.vocab_size}: token ids would index past the embedding. Use the tokenizer "
+            f"{model_vocab}: token ids would index past the embedding. Use the tokenizer "
             f"that matches the model (data.tokenizer), or set model.vocab_size>={vocab}."
         )
     rows = {s: Split(root / s).rows for s in SPLITS}

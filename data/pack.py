@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from launcher.schema import DataFormat
+from data.config import DataFormat
 
 
 def features(fmt: DataFormat, seq_len: int) -> Any:

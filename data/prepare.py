@@ -6,9 +6,9 @@ concatenated; only the final remainder (< seq_len) of each split is dropped and 
 out for validation evenly through the corpus (document i when ceil((i+1)f) > ceil(if), f = data.val_fraction),
 so no document is in both splits. Output is byte-identical for any data.num_proc.
 
-The job wrapper (launcher.job) gives `ctx.work_dir`, a temporary sibling of the final folder, and renames it
-into place with the `_stage.json` marker after `run` returns: an interrupted run leaves nothing at the final
-path. Bad input raises ValueError before anything is published.
+The stage adapter (data/stage_data.py) hands it a temporary sibling of the final folder, which the job runner
+publishes with the `_stage.json` marker after it returns: an interrupted run leaves nothing at the final path.
+Bad input raises ValueError before anything is published.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from launcher.schema import DataFormat, JobConfig
-from launcher.stages import StageContext
+from data.config import DataConfig, DataFormat
+
+if TYPE_CHECKING:
+    from data.sources import Corpus
+    from data.tokenizer import LoadedTokenizer
 
 SPLITS = ("train", "validation")
 
@@ -48,8 +51,7 @@ def validation_mask(first: int, count: int, fraction: Fraction) -> np.ndarray:
     return ceil[1:] > ceil[:-1]
 
 
-def _check(cfg: JobConfig) -> Fraction:
-    d = cfg.data
+def _check(d: DataConfig) -> Fraction:
     if d.seq_len < 2:
         raise ValueError(
             f"data.seq_len={d.seq_len}: a block must hold at least 2 tokens (each predicts the "
@@ -97,17 +99,14 @@ def _closing(items: Iterator[Any], progress: _Progress) -> Iterator[Any]:
         progress.close()
 
 
-def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
-    from data import sources
-    from data import tokenizer as tk
+def prepare(d: DataConfig, corpus: Corpus, tok: LoadedTokenizer, out: Path, t0: float | None = None) -> dict[str, Any]:
+    """Encode and pack `corpus` with `tok` into `out`/{train,validation} (out: a fresh folder the caller publishes).
+    `t0`: when the stage started (perf_counter), so start-up is reported."""
     from data.encode import Encoder
     from data.pack import BlockWriter, Packer, folder_bytes, remove
 
-    t0 = time.perf_counter()
-    d = cfg.data
-    fraction = _check(cfg)
-    corpus = sources.plan(cfg)
-    tok = tk.load(cfg)
+    t0 = time.perf_counter() if t0 is None else t0
+    fraction = _check(d)
     eos = None
     if d.append_eos:
         if tok.eos_token_id is None:
@@ -116,7 +115,7 @@ def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
                 f"data.append_eos=false, or use a tokenizer with an eos_token."
             )
         eos = tok.eos_token_id
-    work = Path(ctx.work_dir)
+    work = Path(out)
     tmp = work / "_tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     workers = num_workers(d.num_proc)
@@ -142,7 +141,7 @@ def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
                 pids.add(enc.pid)
                 progress.update(enc.piece.weight, docs, tokens)
         encode_seconds = time.perf_counter() - t0 - startup
-        _check_result(cfg, corpus, docs, chars, tokens, packers, fraction)
+        _check_result(d, corpus, docs, chars, tokens, packers, fraction)
         for s in SPLITS:
             packers[s].writer.publish(work / s, s)
     finally:
@@ -178,9 +177,8 @@ def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
 
 
 def _check_result(
-    cfg: JobConfig, corpus: Any, docs: int, chars: int, tokens: int, packers: dict, fraction: Fraction
+    d: DataConfig, corpus: Corpus, docs: int, chars: int, tokens: int, packers: dict, fraction: Fraction
 ) -> None:
-    d = cfg.data
     files = corpus.files
     where = corpus.description + (f" ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})" if files else "")
     if docs == 0 or chars == 0:

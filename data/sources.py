@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # workers import this module: keep them free of hydra/omegaconf
-    from launcher.schema import JobConfig
+from data.config import DataConfig, DataSource
 
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
 # Target bytes of input per piece: big enough to amortize a task, small enough to spread over many cores.
@@ -56,11 +54,9 @@ class Corpus:
         return sum(p.weight for p in self.pieces)
 
 
-def plan(cfg: JobConfig) -> Corpus:
-    """Resolve the configured source into pieces, checking what can be checked before reading anything."""
-    from launcher.schema import DataSource
-
-    data = cfg.data
+def plan_corpus(data: DataConfig, hub_root: Path | None = None) -> Corpus:
+    """Resolve the configured source into pieces, checking what can be checked before reading anything.
+    `hub_root`: where data=hub's parquet files are (downloaded into it when it is not a local folder already)."""
     if data.source == DataSource.sample:
         from data import sample
 
@@ -81,7 +77,8 @@ def plan(cfg: JobConfig) -> Corpus:
     if data.source == DataSource.files:
         files = expand(data.paths)
         return Corpus(f"{len(files)} local file(s)", plan_files(files, data.text_field), [str(f) for f in files])
-    files = hub_parquet_files(cfg)
+    assert hub_root is not None, "data=hub needs the folder of its parquet files"
+    files = hub_parquet_files(data, hub_root)
     return Corpus(
         f"{data.hub_dataset} ({data.hub_config or 'default'}, revision {data.hub_revision})",
         plan_files(files, data.text_field),
@@ -180,20 +177,13 @@ def _parquet_pieces(path: Path, field: str, piece_bytes: int) -> list[Piece]:
     return pieces
 
 
-def hub_parquet_files(cfg: JobConfig) -> list[Path]:
+def hub_parquet_files(data: DataConfig, root: Path) -> list[Path]:
     """The train parquet files of a hub dataset's parquet conversion (or a local folder laid out like it).
 
     The hub's parquet conversion (revision `refs/convert/parquet`) stores `<config>/train/NNNN.parquet`
     (`<config>/partial-train/` when the converter stopped early). A local folder with that layout is used as is.
     """
-    from launcher import stages as st
-
-    data = cfg.data
-    local = Path(os.path.expanduser(data.hub_dataset))
-    if local.is_dir():
-        root = local
-    else:
-        root = st.cache_dir(cfg) / "hub" / "datasets" / st.slug(f"{data.hub_dataset}@{data.hub_revision}")
+    if not Path(os.path.expanduser(data.hub_dataset)).is_dir():
         from huggingface_hub import snapshot_download
 
         config = data.hub_config or "default"

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import stages as st
-from launcher.schema import JobConfig
+from core.paths import is_hub_id
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -100,26 +99,26 @@ def ensure_sample_tokenizer(folder: Path, vocab_size: int) -> Path:
     return folder
 
 
-def tokenizer_folder(cfg: JobConfig) -> Path:
-    """The local folder to load: built for `sample`, the download stage's output for a hub id, else the path."""
-    folder = st.tokenizer_dir(cfg)
-    if cfg.data.tokenizer == "sample":
-        return ensure_sample_tokenizer(folder, cfg.model.vocab_size)
-    if st._is_hub_id(cfg.data.tokenizer) and not folder.is_dir():
+def tokenizer_folder(setting: str, folder: Path, *, sample_vocab_size: int) -> Path:
+    """The local folder to load for `data.tokenizer=setting` (`folder`: where it lives, core.paths.tokenizer_dir):
+    built there for `sample`, the download stage's output for a hub id, else the path itself."""
+    if setting == "sample":
+        return ensure_sample_tokenizer(folder, sample_vocab_size)
+    if is_hub_id(setting) and not folder.is_dir():
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r} is a hub id whose local copy {folder} does not exist: the "
+            f"data.tokenizer={setting!r} is a hub id whose local copy {folder} does not exist: the "
             f"download stage fetches it before the data stage. Run both (stages=[download,data], or stages=[] "
             f"for everything), or point data.tokenizer at a local folder holding tokenizer.json."
         )
     if not folder.is_dir():
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r}: the folder {folder} does not exist. Set "
+            f"data.tokenizer={setting!r}: the folder {folder} does not exist. Set "
             f"data.tokenizer to a folder holding tokenizer.json, a hub id, or 'sample'."
         )
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         found = sorted(p.name for p in folder.iterdir())[:10]
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r}: the folder {folder} holds no tokenizer (none of "
+            f"data.tokenizer={setting!r}: the folder {folder} holds no tokenizer (none of "
             f"{', '.join(TOKENIZER_FILES)}; it has {found or 'nothing'}). Save one there with "
             f"AutoTokenizer.from_pretrained(<hub id>).save_pretrained('{folder}'), or set data.tokenizer to "
             f"the model's hub id (for example meta-llama/Meta-Llama-3-8B) so the download stage fetches it."
@@ -156,29 +155,29 @@ def _from_pretrained(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load(cfg: JobConfig) -> LoadedTokenizer:
-    """Load the tokenizer the way NxD's get_dataset.py does (AutoTokenizer) and check it fits the model."""
-    folder = tokenizer_folder(cfg)
+def load(folder: Path, *, setting: str, model_vocab_size: int, model_name: str) -> LoadedTokenizer:
+    """Load the tokenizer the way NxD's get_dataset.py does (AutoTokenizer) and check it fits the model
+    (`setting` is data.tokenizer, for messages)."""
     try:
         hf = _from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r}: transformers could not load a tokenizer from "
+            f"data.tokenizer={setting!r}: transformers could not load a tokenizer from "
             f"{folder}: {e}. Check that the folder holds a complete tokenizer "
             f"(tokenizer.json + tokenizer_config.json)."
         ) from e
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r}: {folder} gives a slow (Python) tokenizer; the "
+            f"data.tokenizer={setting!r}: {folder} gives a slow (Python) tokenizer; the "
             f"data stage needs a fast one (tokenizer.json). Convert it with "
             f"AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained(...)."
         )
     vocab = len(hf)
-    if vocab > cfg.model.vocab_size:
+    if vocab > model_vocab_size:
         raise ValueError(
-            f"data.tokenizer={cfg.data.tokenizer!r} has {vocab} tokens, more than model.vocab_size="
-            f"{cfg.model.vocab_size} (model={cfg.model.name}): token ids would index past the embedding table. "
+            f"data.tokenizer={setting!r} has {vocab} tokens, more than model.vocab_size="
+            f"{model_vocab_size} (model={model_name}): token ids would index past the embedding table. "
             f"Use the model's own tokenizer, or a model whose vocab_size is at least {vocab}."
         )
     return LoadedTokenizer(

@@ -10,11 +10,21 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, fields, is_dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from launcher.schema import GROUPS, JobConfig, register
+from core.config import ClusterConfig, JobConfig
+from data.config import DataConfig
+from model.config import ModelConfig, ParallelConfig
+
+# Groups with a schema: each YAML of conf/<group>/ extends `schema/<group>/base`, so a misspelt key in a file is
+# an error. The schemas live in their own `schema/` group so `--help` lists only the real options.
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "cluster": ClusterConfig,
+}
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Groups the user picks on the command line, in the order the help lists them.
@@ -57,6 +67,16 @@ def _value_keys(overrides: list[str]) -> list[str]:
     """Keys the command line sets a value for (group selections such as cluster=hyperpod set no value)."""
     names = [o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] for o in overrides]
     return [n for n in names if n not in USER_GROUPS]
+
+
+def register() -> None:
+    """Register the typed schemas with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=JobConfig)
+    for group, node in GROUPS.items():
+        cs.store(group=f"schema/{group}", name="base", node=node, package=group)
 
 
 def options(group: str) -> list[str]:
@@ -252,17 +272,5 @@ def _example_enum(key: str, choices: str) -> str:
     return f"[{first}]" if "[" in key else first
 
 
-def _key_for_value(value: str, overrides: list[str]) -> str:
-    for ov in overrides:
-        k, _, v = ov.lstrip("+").partition("=")
-        if v == value or value in v:
-            return k
-    return "(unknown key)"
-
-
 def _example(type_name: str) -> str:
     return {"Integer": "8", "Float": "3e-4", "Boolean": "true"}.get(type_name, "...")
-
-
-def enum_values(e: type[Enum]) -> list[str]:
-    return [m.value for m in e]

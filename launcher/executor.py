@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from core.config import ExecutorKind
 from launcher.plan import Plan
-from launcher.schema import ExecutorKind
 
 
 class Executor(Protocol):

@@ -7,7 +7,8 @@ and every rerun reuses it.
 
 from __future__ import annotations
 
-from launcher.schema import JobConfig, Precision
+from core.config import JobConfig
+from train.config import Precision
 
 
 def nxd_env(cfg: JobConfig, cache_dir: str) -> dict[str, str]:

@@ -9,12 +9,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import nxd_args
-from launcher import stages as st
-from launcher.arithmetic import Derived, derive
+from core import nxd_args, paths
+from core.arithmetic import Derived, derive
+from core.config import ExecutorKind, JobConfig
+from core.fingerprint import as_plain
+from core.marker import is_complete
+from core.stages import SPECS, Stage, selected
 from launcher.compose import Composed
 from launcher.nxd_env import nxd_env
-from launcher.schema import Backend, ExecutorKind, JobConfig, Stage, as_plain
+from train.config import Backend
 
 # Port used by the NxD example scripts for the torchrun rendezvous.
 MASTER_PORT = 44000
@@ -64,7 +67,7 @@ class Plan:
             ("schedule", f"{schedule}, {cfg.trainer.max_steps} steps"),
             (
                 "data",
-                f"{cfg.data.name} ({cfg.data.format.value}), tokenizer {cfg.data.tokenizer} -> {st.data_dir(cfg)}",
+                f"{cfg.data.name} ({cfg.data.format.value}), tokenizer {cfg.data.tokenizer} -> {paths.data_dir(cfg)}",
             ),
             ("init", init + (f" from {cfg.model.pretrained_path}" if init == "pretrained" else "")),
         ]
@@ -91,7 +94,7 @@ def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: 
     """What a stage's job runs on each node: the job wrapper, under torchrun when it has several processes."""
     # The launcher's own interpreter: the checkout and its venv must be on a file system every node sees.
     wrapper = ["-m", "launcher.job", str(run_dir), stage.value]
-    if not st.SPECS[stage].distributed or procs * nodes <= 1:
+    if not SPECS[stage].distributed or procs * nodes <= 1:
         return [sys.executable, *wrapper]
     if cfg.cluster.executor == ExecutorKind.local:
         return [
@@ -122,7 +125,7 @@ def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: 
 
 
 def _resources(cfg: JobConfig, d: Derived, stage: Stage) -> tuple[int, int]:
-    if st.SPECS[stage].distributed:
+    if SPECS[stage].distributed:
         return cfg.cluster.nodes, d.devices_per_node
     return 1, 1
 
@@ -143,11 +146,11 @@ def _sbatch(
     from submitit.slurm.slurm import _make_sbatch_string
 
     c = cfg.cluster
-    srun_args = ["--auto-resume=1"] if c.auto_resume and st.SPECS[stage].distributed else []
+    srun_args = ["--auto-resume=1"] if c.auto_resume and SPECS[stage].distributed else []
     root = shlex.quote(str(Path(__file__).resolve().parent.parent))
     setup = [*list(c.setup), f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
     setup += [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
-    if st.SPECS[stage].distributed and nodes > 1:
+    if SPECS[stage].distributed and nodes > 1:
         setup.append("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
     extra = {"kill-on-invalid-dep": "yes"}
     if c.mem_gb == 0 and c.exclusive:
@@ -175,11 +178,11 @@ def _sbatch(
 def make_plan(composed: Composed, run_dir: Path) -> Plan:
     cfg = composed.cfg
     d = derive(cfg)
-    chosen = st.selected(cfg)
+    chosen = selected(cfg)
     out: list[StagePlan] = []
     for stage in chosen:
-        spec = st.SPECS[stage]
-        done, why = st.is_complete(stage, cfg, run_dir)
+        spec = SPECS[stage]
+        done, why = is_complete(stage, cfg, run_dir)
         if cfg.force:
             done, why = False, "force=true"
         run = not done
@@ -189,7 +192,7 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
         after = [s for s in spec.needs if s in chosen]
         nodes, procs = _resources(cfg, d, stage)
         command = job_command(cfg, stage, run_dir, procs, nodes)
-        env = nxd_env(cfg, str(st.cache_dir(cfg))) if d.backend == Backend.nxd and spec.distributed else {}
+        env = nxd_env(cfg, str(paths.cache_dir(cfg))) if d.backend == Backend.nxd and spec.distributed else {}
         sbatch = ""
         if cfg.cluster.executor == ExecutorKind.slurm:
             sbatch = _sbatch(cfg, stage, run_dir, nodes, command, after, env)
@@ -198,7 +201,7 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
                 stage,
                 run,
                 reason,
-                st.final_dir(stage, cfg, run_dir),
+                paths.final_dir(stage, cfg, run_dir),
                 after,
                 nodes,
                 procs,
@@ -213,9 +216,9 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
 
 def _nxd_args(cfg: JobConfig, d: Derived, stage: Stage, run_dir: Path) -> list[str]:
     if stage == Stage.convert:
-        return nxd_args.convert_args(cfg, st.pretrained_dir(cfg), st.final_dir(stage, cfg, run_dir))
+        return nxd_args.convert_args(cfg, paths.pretrained_dir(cfg), paths.final_dir(stage, cfg, run_dir))
     if stage in (Stage.compile, Stage.train) and d.backend == Backend.nxd:
-        return nxd_args.train_args(cfg, st.final_dir(Stage.train, cfg, run_dir))
+        return nxd_args.train_args(cfg, paths.final_dir(Stage.train, cfg, run_dir))
     return []
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from launcher import stages as st
+from core.paths import data_dir
 from launcher.plan import Plan, plan_json
 
 LAST_RUN = "last_run"
@@ -60,7 +60,7 @@ def print_summary(plan: Plan, rc: int) -> None:
         f"  run folder:   {plan.run_dir}",
         f"  checkpoints:  {plan.run_dir / 'checkpoints'}",
         f"  tensorboard:  tensorboard --logdir {plan.run_dir / 'tensorboard'}",
-        f"  dataset:      {st.data_dir(plan.cfg)}",
+        f"  dataset:      {data_dir(plan.cfg)}",
         f"  status later: python -m launcher status {plan.run_dir}",
     ]
     print("\n".join(lines), flush=True)

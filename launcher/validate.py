@@ -12,10 +12,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import stages as st
-from launcher.arithmetic import Derived, derive
+from core import paths
+from core.arithmetic import derive
+from core.config import Accelerator, ExecutorKind
+from core.marker import is_complete
+from core.stages import SPECS, Stage, applicable, needs_download, selected
+from data.config import DataSource
 from launcher.compose import Composed
-from launcher.schema import Accelerator, Backend, DataSource, ExecutorKind, Init, Stage
+from model.config import Init
+from train.config import Backend
 
 
 @dataclass
@@ -86,7 +91,7 @@ def validate(composed: Composed) -> list[str]:
                 "set model.pretrained_path=meta-llama/Meta-Llama-3-8B (or a folder), or model.init=scratch.",
             )
         )
-    if m.init == Init.pretrained and m.pretrained_path and not st._is_hub_id(m.pretrained_path):
+    if m.init == Init.pretrained and m.pretrained_path and not paths.is_hub_id(m.pretrained_path):
         path = Path(os.path.expanduser(m.pretrained_path))
         if not (path / "config.json").is_file():
             add(
@@ -434,13 +439,13 @@ def validate(composed: Composed) -> list[str]:
 
     # --- stages
     for s in cfg.stages:
-        if s not in st.applicable(cfg):
+        if s not in applicable(cfg):
             add(
                 Problem(
                     "stages",
                     cfg.stages,
                     f"stage {s.value} does not apply to this config "
-                    f"(it applies: {', '.join(x.value for x in st.applicable(cfg))}).",
+                    f"(it applies: {', '.join(x.value for x in applicable(cfg))}).",
                     f"drop {s.value} from stages, or leave stages=[] to run every stage that applies.",
                 )
             )
@@ -448,17 +453,17 @@ def validate(composed: Composed) -> list[str]:
         run_dir = resolve_run_dir(composed)
         chosen = set(cfg.stages)
         for s in cfg.stages:
-            for need in st.SPECS[s].needs:
-                if need in chosen or need not in st.applicable(cfg):
+            for need in SPECS[s].needs:
+                if need in chosen or need not in applicable(cfg):
                     continue
-                done, why = st.is_complete(need, cfg, run_dir)
-                if not done and not (need == Stage.download and not st.needs_download(cfg)):
+                done, why = is_complete(need, cfg, run_dir)
+                if not done and not (need == Stage.download and not needs_download(cfg)):
                     add(
                         Problem(
                             "stages",
                             cfg.stages,
                             f"stage {s.value} reads the output of stage {need.value} "
-                            f"({st.final_dir(need, cfg, run_dir)}), which is missing: {why}.",
+                            f"({paths.final_dir(need, cfg, run_dir)}), which is missing: {why}.",
                             f"add {need.value} to stages (stages=[{need.value},{s.value}]) or leave "
                             f"stages=[] to run everything that applies.",
                         )
@@ -472,7 +477,7 @@ def validate(composed: Composed) -> list[str]:
                 "add dry_run=true to print the plan and scripts.",
             )
         )
-    nxd_jobs = [s.value for s in st.selected(cfg) if s in (Stage.compile, Stage.train)]
+    nxd_jobs = [s.value for s in selected(cfg) if s in (Stage.compile, Stage.train)]
     if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
         add(
             Problem(
@@ -490,7 +495,7 @@ def validate(composed: Composed) -> list[str]:
 
 def _check_tokenizer(cfg, add) -> None:
     tok = cfg.data.tokenizer
-    if tok == "sample" or st._is_hub_id(tok):
+    if tok == "sample" or paths.is_hub_id(tok):
         return
     path = Path(os.path.expanduser(tok))
     if not (path / "tokenizer.json").is_file():
@@ -536,8 +541,4 @@ def resolve_run_dir(composed: Composed) -> Path:
         ch.get("cluster", cfg.cluster.name),
     )
     name = "-".join(parts)
-    return Path(os.path.expanduser(cfg.cluster.runs_dir)) / st.slug(name)
-
-
-def derived(composed: Composed) -> Derived:
-    return derive(composed.cfg)
+    return Path(os.path.expanduser(cfg.cluster.runs_dir)) / paths.slug(name)

@@ -30,7 +30,7 @@ from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from launcher.schema import DataParallelMode, ModelConfig, ParallelConfig, Precision
+from model.config import DataParallelMode, ModelConfig, ParallelConfig
 from model.llama3 import Llama3
 
 MESH_AXES = ("dp", "tp")
@@ -155,10 +155,9 @@ def apply_activation_checkpointing(model: Llama3, mode: str) -> None:
         block.forward = _checkpointed(block.forward, selective=mode == "selective")
 
 
-def apply_fsdp(model: Llama3, dp_mesh: DeviceMesh, precision: Precision) -> None:
+def apply_fsdp(model: Llama3, dp_mesh: DeviceMesh, bf16: bool) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    bf16 = precision == Precision.bf16
     mp = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
     )
@@ -178,13 +177,10 @@ def apply_ddp(model: Llama3, dp_mesh: DeviceMesh) -> nn.Module:
     return DistributedDataParallel(model, process_group=dp_mesh.get_group(), forward_sync_buffers=False)
 
 
-def parallelize(
-    model: Llama3, *, mesh: DeviceMesh, parallel_cfg: ParallelConfig, precision: Precision | str
-) -> nn.Module:
+def parallelize(model: Llama3, *, mesh: DeviceMesh, parallel_cfg: ParallelConfig, bf16: bool = False) -> nn.Module:
     """Apply TP, activation checkpointing and DP in that order; returns the module to train (the model
     itself, or its DDP wrapper). Initialise or load the full weights before calling: TP slices them from
-    each rank's (identical) copy."""
-    precision = Precision(precision)
+    each rank's (identical) copy. `bf16`: FSDP computes in bf16 with float32 master weights."""
     mode = DataParallelMode(parallel_cfg.data_parallel_mode)
     assert mesh.mesh_dim_names == MESH_AXES, mesh.mesh_dim_names
     if parallel_cfg.pipeline_parallel_degree != 1:
@@ -197,7 +193,7 @@ def parallelize(
         apply_tp(model, tp_mesh)
     apply_activation_checkpointing(model, parallel_cfg.activation_checkpointing)
     if mode == DataParallelMode.fsdp:
-        apply_fsdp(model, dp_mesh, precision)
+        apply_fsdp(model, dp_mesh, bf16)
         return model
     if dp_mesh.size() > 1:
         return apply_ddp(model, dp_mesh)

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from test_convert_layout import make_hf
+from train_testlib import checkpoint_layout as _layout
 
-from checkpoint.export import run
-from launcher.schema import Backend, DataParallelMode, JobConfig, Stage
-from launcher.stages import StageContext
+from checkpoint.stage_export import run
+from core.config import JobConfig
+from core.stages import Stage, StageContext
+from model.config import DataParallelMode
+from train.config import Backend
 
 
 def _cfg(tp: int, dp: int) -> JobConfig:
@@ -36,7 +39,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
     )
     from torch.distributed.tensor import DTensor
 
-    from train import checkpoint as ckpt
+    from checkpoint import train_state as ckpt
     from train.backend_torch import TorchBackend
 
     cfg = _cfg(2, 2)
@@ -47,7 +50,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
         full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in backend.model.state_dict().items()}
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in full.items()}, Path(run_dir) / "full.pt")
-        ckpt.save(Path(run_dir) / "checkpoints", 3, io=backend, cfg=cfg, state={}, keep_last=2)
+        ckpt.save(Path(run_dir) / "checkpoints", 3, io=backend, layout=_layout(cfg), state={}, keep_last=2)
     finally:
         backend.teardown()
 
@@ -92,9 +95,10 @@ def test_torch_backend_checkpoint_exports_to_hf_with_same_logits(tmp_path):
 def test_nxd_backend_checkpoint_exports_bit_exact(tmp_path):
     from safetensors.torch import load_file
 
-    from checkpoint.convert import layout_from_cfg, to_nxd
+    from checkpoint.convert import to_nxd
     from checkpoint.hf_adapter import to_hf_config
     from checkpoint.nxd_layout import Arch
+    from checkpoint.stage_convert import layout_from_cfg
 
     cfg = JobConfig()
     # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)

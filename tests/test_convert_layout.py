@@ -14,8 +14,8 @@ from checkpoint.convert import to_nxd
 from checkpoint.hf_adapter import to_hf_config
 from checkpoint.nxd_layout import Arch, Layout, rank_plan
 from checkpoint.torch_files import RankFile
-from launcher.arithmetic import nxd_rank_shapes
-from launcher.schema import ModelConfig
+from model.config import ModelConfig
+from tests.helpers.nxd_shapes import nxd_rank_shapes
 
 
 def make_hf(
@@ -211,7 +211,7 @@ def test_xser_layout_holds_the_same_tensors(tmp_path):
 
 @pytest.mark.parametrize("size,pp", [("70b", 8), ("8b", 1)])
 def test_rank_shapes_match_the_reference_at_tp32(size, pp):
-    """Plan shapes (no weights) == launcher.arithmetic.nxd_rank_shapes == the reference's table."""
+    """Plan shapes (no weights) == tests.helpers.nxd_shapes.nxd_rank_shapes == the reference's table."""
     m = (
         ModelConfig(
             name="70b",

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint.convert import layout_from_cfg
 from checkpoint.hf_adapter import to_hf_config
 from checkpoint.nxd_layout import Arch, rank_plan
-from launcher.arithmetic import head_dim, nxd_rank_shapes
+from checkpoint.stage_convert import layout_from_cfg
+from core.arithmetic import head_dim
+from core.paths import pretrained_dir
+from core.stages import Stage
 from launcher.compose import compose
 from launcher.plan import make_plan
-from launcher.schema import Stage
-from launcher.stages import pretrained_dir
 from launcher.validate import resolve_run_dir, validate
 from tests.conftest import run_cli
+from tests.helpers.nxd_shapes import nxd_rank_shapes
 
 
 def _plan(argv: list[str]):
@@ -94,7 +95,7 @@ def test_convert_stage_run_by_the_launcher_fills_the_planned_folder(tmp_path):
 
     from checkpoint.hf_adapter import to_hf_config
     from checkpoint.torch_files import RankFile
-    from launcher.schema import JobConfig
+    from core.config import JobConfig
 
     # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)
     model = dataclasses.replace(

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 from test_convert_layout import make_hf
 
-from checkpoint.convert import main, run_stage
+from checkpoint.convert import main
+from checkpoint.stage_convert import run as run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,8 +228,9 @@ def test_cli_strict_booleans_progress_and_rerun_skip(tmp_path):
 
 def test_stage_writes_pretrained_weight_layout_from_cfg_parallel(tmp_path):
     from checkpoint.hf_adapter import to_hf_config
-    from launcher.schema import Init, JobConfig, Stage
-    from launcher.stages import StageContext
+    from core.config import JobConfig
+    from core.stages import Stage, StageContext
+    from model.config import Init
 
     cfg = JobConfig()
     # 8 heads, 4 KV heads, 4 layers (pinned here: the tiny default may change)
@@ -264,10 +266,11 @@ def test_layout_comes_from_the_parallel_fields_the_fingerprint_tracks():
     invalidates a finished `convert` stage (the NxD launch reads the same fields)."""
     from dataclasses import replace
 
-    from checkpoint.convert import layout_from_cfg
     from checkpoint.nxd_layout import Layout
-    from launcher.schema import JobConfig, Stage
-    from launcher.stages import fingerprint
+    from checkpoint.stage_convert import layout_from_cfg
+    from core.config import JobConfig
+    from core.fingerprint import fingerprint
+    from core.stages import Stage
 
     cfg = JobConfig()
     base = fingerprint(Stage.convert, cfg)

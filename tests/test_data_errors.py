@@ -8,7 +8,7 @@ import shutil
 import pytest
 from test_data_lib import documents, make_cfg, prepare, write_jsonl
 
-from launcher.schema import DataSource
+from data.config import DataSource
 
 
 def _fails(cfg, tmp_path, *needles: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_data_lib import documents, make_cfg, write_jsonl
 
-from launcher.stages import data_dir
+from core.paths import data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ def _wait_until_encoding(proc: subprocess.Popen, final: Path, timeout: float = 1
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()
-        arrow = final.with_name(f".{final.name}.tmp-{proc.pid}") / "_tmp" / "train.arrow"
-        if arrow.is_file() and arrow.stat().st_size > 0:  # this run's (a killed run leaves its own behind)
+        arrows = list(final.parent.glob(f".{final.name}.tmp-*-{proc.pid}/_tmp/train.arrow"))
+        if arrows and arrows[0].stat().st_size > 0:  # this run's (a killed run leaves its own behind)
             return _children(proc.pid)
         time.sleep(0.05)
     raise AssertionError("the data stage never started writing")

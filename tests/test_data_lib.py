@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from launcher.schema import DataSource, JobConfig, Stage
-from launcher.stages import StageContext
+from core.config import JobConfig
+from core.stages import Stage, StageContext
+from data.config import DataSource
 
 _TEXT = (
     "the model reads tokens and predicts the next one while the optimizer updates weights; "
@@ -51,24 +52,26 @@ def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
 
 
 def prepare(cfg: JobConfig, out: Path) -> dict[str, Any]:
-    """Run the stage as launcher.job does: into a temporary sibling, then publish with the marker."""
-    from data.prepare import run
-    from launcher.job import publish, write_marker
+    """Run the stage's adapter as launcher.job does: into a temporary sibling, then publish with the marker."""
+    from core import publish
+    from core.marker import write_marker
+    from data.stage_data import run
 
-    work = out.with_name(f".{out.name}.tmp-test")
-    work.mkdir(parents=True)
-    summary = run(cfg, StageContext(Stage.data, out.parent, work, out))
-    write_marker(work, Stage.data, cfg, summary)
-    publish(work, out)
+    with publish.publishing(out) as work:
+        summary = run(cfg, StageContext(Stage.data, out.parent, work, out))
+        write_marker(work, Stage.data, cfg, summary)
     return summary
 
 
 def hf_tokenizer(cfg: JobConfig) -> Any:
     from transformers import AutoTokenizer
 
+    from core.paths import tokenizer_dir
     from data.tokenizer import tokenizer_folder
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_folder(cfg)))
+    return AutoTokenizer.from_pretrained(
+        str(tokenizer_folder(cfg.data.tokenizer, tokenizer_dir(cfg), sample_vocab_size=cfg.model.vocab_size))
+    )
 
 
 def reference_blocks(tok: Any, docs: list[str], seq_len: int, eos: int | None = None) -> tuple[np.ndarray, int]:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_data_lib import documents, hf_tokenizer, load_blocks, make_cfg, prepare, reference_blocks, write_jsonl
 
+from data.config import DataFormat, DataSource
 from data.prepare import validation_mask
-from launcher.schema import DataFormat, DataSource
 
 
 def _split(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -236,23 +236,23 @@ def test_txt_jsonl_and_parquet_files_by_glob_with_a_configured_text_field(tmp_pa
 
 def test_rerun_is_skipped_and_changed_settings_rebuild(tmp_path):
     """Through the job wrapper: the same settings are skipped; a changed setting rebuilds in place."""
+    from core.paths import data_dir
+    from core.stages import Stage
     from launcher import job
-    from launcher.schema import Stage
-    from launcher.stages import data_dir
 
     path = write_jsonl(tmp_path / "c.jsonl", documents(60, seed=8))
     cfg = make_cfg(tmp_path, paths=[str(path)], seq_len=32, val_fraction=0.0)
     cfg.data.output_dir = str(tmp_path / "prepared")
     run_dir = tmp_path / "run"
-    first = job.run_stage(run_dir, Stage.data, cfg)
+    first = job.run_job(run_dir, Stage.data, cfg)
     final = data_dir(cfg)
     assert first["blocks"]["train"] > 0 and load_blocks(final / "train").shape[1] == 32
-    again = job.run_stage(run_dir, Stage.data, cfg)
+    again = job.run_job(run_dir, Stage.data, cfg)
     assert again == {"skipped": True, "reason": f"complete at {final}"}
     cfg.data.num_proc = 2  # not a setting the output depends on: still skipped
-    assert job.run_stage(run_dir, Stage.data, cfg)["skipped"]
+    assert job.run_job(run_dir, Stage.data, cfg)["skipped"]
     cfg.data.seq_len = 16
-    rebuilt = job.run_stage(run_dir, Stage.data, cfg)
+    rebuilt = job.run_job(run_dir, Stage.data, cfg)
     assert "skipped" not in rebuilt and rebuilt["seq_len"] == 16
     assert load_blocks(final / "train").shape == (rebuilt["blocks"]["train"], 16)
     assert not list(final.parent.glob(f".{final.name}.*"))

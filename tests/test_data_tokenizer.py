@@ -6,6 +6,7 @@ import json
 
 from test_data_lib import make_cfg
 
+from core.paths import tokenizer_dir
 from data import sample
 from data.tokenizer import BOS, EOS, build_sample_tokenizer, ensure_sample_tokenizer, load, tokenizer_folder
 
@@ -14,7 +15,7 @@ def test_sample_tokenizer_loads_with_autotokenizer_and_adds_bos_like_llama3(tmp_
     from transformers import AutoTokenizer
 
     cfg = make_cfg(tmp_path)
-    folder = tokenizer_folder(cfg)
+    folder = tokenizer_folder(cfg.data.tokenizer, tokenizer_dir(cfg), sample_vocab_size=cfg.model.vocab_size)
     assert folder == tmp_path / "cache" / "tokenizers" / "sample-bpe-2048"
     tok = AutoTokenizer.from_pretrained(str(folder))
     assert len(tok) == cfg.model.vocab_size == 2048

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.fingerprint import fingerprint
+from core.stages import Stage
 from launcher.compose import compose
-from launcher.stages import fingerprint
-from launcher.schema import Stage
 
 PINNED = {
     (): {

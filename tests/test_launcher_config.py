@@ -9,9 +9,10 @@ import itertools
 import pytest
 from omegaconf import OmegaConf
 
+from core.config import JobConfig
 from launcher.cli import main
 from launcher.compose import CONF_DIR, compose, options
-from launcher.schema import JobConfig, ModelConfig, RopeScaling
+from model.config import ModelConfig, RopeScaling
 
 ARCH_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("init", "pretrained_path")]
 

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from core import stages
+from core.fingerprint import fingerprint
+from core.marker import is_complete
+from core.paths import pretrained_dir
+from core.stages import Stage
 from launcher import job
-from launcher import stages as st
 from launcher.compose import compose
-from launcher.schema import Stage
 from tests.conftest import run_cli
 
 REPO = "acme/tiny-llama"
@@ -49,9 +52,9 @@ def _cfg(*extra):
 def test_download_stage_publishes_with_marker_and_is_skipped_next_time(offline):
     cfg = _cfg()
     run_dir = offline / "run"
-    assert st.applicable(cfg)[0] == Stage.download
-    summary = job.run_stage(run_dir, Stage.download, cfg)
-    final = st.pretrained_dir(cfg)
+    assert stages.applicable(cfg)[0] == Stage.download
+    summary = job.run_job(run_dir, Stage.download, cfg)
+    final = pretrained_dir(cfg)
     assert sorted(p.name for p in final.iterdir()) == [
         "_stage.json",
         "config.json",
@@ -59,40 +62,40 @@ def test_download_stage_publishes_with_marker_and_is_skipped_next_time(offline):
         "tokenizer.json",
     ]
     marker = json.loads((final / "_stage.json").read_text())
-    assert marker["stage"] == "download" and marker["fingerprint"] == st.fingerprint(Stage.download, cfg)
+    assert marker["stage"] == "download" and marker["fingerprint"] == fingerprint(Stage.download, cfg)
     assert summary["repos"][REPO]["bytes"] > 0
     assert json.loads(job.status_path(run_dir, Stage.download).read_text())["state"] == "completed"
     assert not list(final.parent.glob(f".{final.name}.tmp-*"))
-    assert job.run_stage(run_dir, Stage.download, cfg) == {"skipped": True, "reason": f"complete at {final}"}
-    assert st.is_complete(Stage.download, cfg, run_dir) == (True, f"complete at {final}")
+    assert job.run_job(run_dir, Stage.download, cfg) == {"skipped": True, "reason": f"complete at {final}"}
+    assert is_complete(Stage.download, cfg, run_dir) == (True, f"complete at {final}")
 
 
 def test_changed_config_is_not_complete_and_rebuilds(offline):
     cfg = _cfg()
     run_dir = offline / "run"
-    job.run_stage(run_dir, Stage.download, cfg)
+    job.run_job(run_dir, Stage.download, cfg)
     changed = _cfg(f"data.tokenizer={REPO}")
-    done, why = st.is_complete(Stage.download, changed, run_dir)
+    done, why = is_complete(Stage.download, changed, run_dir)
     assert not done and why == "config changed since the output was made"
-    job.run_stage(run_dir, Stage.download, changed)
-    assert st.is_complete(Stage.download, changed, run_dir)[0]
+    job.run_job(run_dir, Stage.download, changed)
+    assert is_complete(Stage.download, changed, run_dir)[0]
 
 
 def test_stale_temporary_folders_are_cleared_and_output_never_partial(offline):
     cfg = _cfg()
-    final = st.pretrained_dir(cfg)
+    final = pretrained_dir(cfg)
     stale = final.with_name(f".{final.name}.tmp-99999")
     stale.mkdir(parents=True)
     (stale / "half-written").write_text("x")
-    job.run_stage(offline / "run", Stage.download, cfg)
+    job.run_job(offline / "run", Stage.download, cfg)
     assert not stale.exists() and final.is_dir()
 
 
 def test_missing_repo_offline_is_a_clear_error(offline):
     cfg = compose(["model.init=pretrained", "model.pretrained_path=acme/not-cached"]).cfg
     with pytest.raises(ValueError, match="acme/not-cached is not in the cache"):
-        job.run_stage(offline / "run", Stage.download, cfg)
-    assert not st.pretrained_dir(cfg).exists()
+        job.run_job(offline / "run", Stage.download, cfg)
+    assert not pretrained_dir(cfg).exists()
 
 
 def test_cli_run_status_and_rerun(offline):

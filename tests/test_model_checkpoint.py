@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from checkpoint import hf_adapter
 from checkpoint.hf_adapter import expected_hf_keys, from_hf, to_hf, to_hf_config
 from checkpoint.hf_load import load_hf, save_hf
-from launcher.schema import ModelConfig, RopeScaling
+from model.config import ModelConfig, RopeScaling
 from model.llama3 import build
 
 # Pinned, not the schema default (which the lead may retune): 6 query heads on 2 K/V heads.

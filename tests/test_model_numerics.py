@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from checkpoint.hf_adapter import from_hf, to_hf_config
-from launcher.schema import ModelConfig, RopeScaling
+from model.config import ModelConfig, RopeScaling
 from model.llama3 import Llama3, build, loss_fn, rope_inv_freq
 
 TINY = ModelConfig()

@@ -59,7 +59,7 @@ def test_load_and_save_hf_with_tp_sharded_parameters(tmp_path):
 def _setup():
     import torch.distributed as dist
 
-    from launcher.schema import ModelConfig
+    from model.config import ModelConfig
 
     dist.init_process_group("gloo")
     return ModelConfig(**ARCH)
@@ -127,7 +127,7 @@ def worker_layouts(dp: int, tp: int, folder: str) -> None:
 
     from checkpoint.hf_adapter import to_hf
     from checkpoint.hf_load import save_hf
-    from launcher.schema import ParallelConfig
+    from model.config import ParallelConfig
     from model.llama3 import build, loss_fn
     from model.parallelize_torch import build_mesh, parallelize
 
@@ -144,7 +144,7 @@ def worker_layouts(dp: int, tp: int, folder: str) -> None:
         model = copy.deepcopy(ref)
         model.zero_grad(set_to_none=True)
         pcfg = ParallelConfig(tensor_parallel_degree=tp, data_parallel_degree=dp, data_parallel_mode=mode)
-        trained = parallelize(model, mesh=mesh, parallel_cfg=pcfg, precision="fp32")
+        trained = parallelize(model, mesh=mesh, parallel_cfg=pcfg)
         _check_local_shards(model, ref, mesh, mode)
         # DDP + TP re-installs DTensor views in every forward; the optimizer and the checkpoint keep the tensors
         # taken before it (as train/backend_torch.py does).
@@ -184,7 +184,7 @@ def worker_hf(folder: str) -> None:
     import torch.distributed as dist
 
     from checkpoint.hf_load import load_hf, save_hf
-    from launcher.schema import ParallelConfig
+    from model.config import ParallelConfig
     from model.llama3 import build
     from model.parallelize_torch import build_mesh, parallelize
 
@@ -199,7 +199,7 @@ def worker_hf(folder: str) -> None:
     load_hf(ref, src)
     model = build(cfg)  # other random weights: the load must overwrite every shard
     pcfg = ParallelConfig(tensor_parallel_degree=2, data_parallel_degree=1)
-    model = parallelize(model, mesh=build_mesh(1, 2), parallel_cfg=pcfg, precision="fp32")
+    model = parallelize(model, mesh=build_mesh(1, 2), parallel_cfg=pcfg)
     load_hf(model, src)
     ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     assert (model(ids) - ref(ids)).abs().max().item() < 1e-5

@@ -6,10 +6,11 @@ import shutil
 from dataclasses import replace
 
 import pytest
+from train_testlib import checkpoint_layout as _layout
 from train_testlib import prepared, run_job, small_config, status  # noqa: F401
 
+from checkpoint import train_state as ckpt
 from launcher.job import EXIT_USER_ERROR
-from train import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +93,14 @@ def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run): 
     path = ckpt.latest(stopped_run / "checkpoints")
     meta = ckpt.read_metadata(path)
     cfg = small_config(prepared)
-    ckpt.check_compatible(path, meta, cfg)
+    ckpt.check_compatible(path, meta, _layout(cfg))
     other = replace(cfg, parallel=replace(cfg.parallel, tensor_parallel_degree=2, data_parallel_degree=2))
     with pytest.raises(
         ValueError,
         match=r"parallel.data_parallel_degree: checkpoint 1, config 2; "
         r"parallel.tensor_parallel_degree: checkpoint 1, config 2",
     ):
-        ckpt.check_compatible(path, meta, other)
+        ckpt.check_compatible(path, meta, _layout(other))
 
 
 def test_nan_loss_names_step_and_last_good_checkpoint(prepared, tmp_path):  # noqa: F811

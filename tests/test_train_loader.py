@@ -12,8 +12,9 @@ import pytest
 import torch
 from train_testlib import prepared, small_config  # noqa: F401
 
+from core.marker import STAGE_MARKER as MARKER
+from core.paths import data_dir
 from data.loader import Split, TrainBatches, check_dataset, eval_batches
-from launcher.stages import MARKER, data_dir
 
 
 def _steps(split: Split, steps: int, **kw) -> list[torch.Tensor]:
@@ -89,29 +90,33 @@ def _copy_dataset(prepared, tmp_path):  # noqa: F811
     return cfg, dst
 
 
+def _check(cfg):
+    return check_dataset(data_dir(cfg), seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size)
+
+
 def test_missing_and_incomplete_dataset_errors(prepared, tmp_path):  # noqa: F811
     cfg = small_config(prepared)
     cfg.data.output_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"nowhere .*does not exist\. Run the data stage first"):
-        check_dataset(cfg)
+        _check(cfg)
     cfg, dst = _copy_dataset(prepared, tmp_path)
     (dst / MARKER).unlink()
     with pytest.raises(ValueError, match=rf"{dst} is incomplete: its marker .*{MARKER} is missing"):
-        check_dataset(cfg)
+        _check(cfg)
     cfg, dst = _copy_dataset(prepared, tmp_path / "b")
     shutil.rmtree(dst / "validation")
     with pytest.raises(ValueError, match=r"split folder\(s\) validation are missing"):
-        check_dataset(cfg)
+        _check(cfg)
 
 
 def test_seq_len_and_vocabulary_mismatch_errors(prepared, tmp_path):  # noqa: F811
     cfg, dst = _copy_dataset(prepared, tmp_path)
-    assert check_dataset(cfg).seq_len == 64
+    assert _check(cfg).seq_len == 64
     bad = replace(cfg, data=replace(cfg.data, seq_len=128))
     with pytest.raises(ValueError, match=r"seq_len=64 tokens, but data.seq_len=128.*set data.seq_len=64"):
-        check_dataset(bad)
+        _check(bad)
     bad = replace(cfg, model=replace(cfg.model, vocab_size=256))
     with pytest.raises(ValueError, match=r"vocabulary of 512 tokens.*more than model.vocab_size=256"):
-        check_dataset(bad)
+        _check(bad)
     marker = json.loads((dst / MARKER).read_text())
     assert marker["summary"]["vocab_size"] == 512

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from launcher.schema import ModelConfig, OptimConfig, Schedule
 from model import llama3
+from model.config import ModelConfig
+from train.config import OptimConfig, Schedule
 from train.optim import build_optimizer, build_scheduler, lr_at, param_groups
 
 
@@ -122,7 +123,9 @@ def test_nxd_recipes_are_config(model, schedule, lr, min_lr, warmup, max_steps, 
 
 
 def _step_config(precision: str = "fp32", mode: str = "ddp"):
-    from launcher.schema import DataParallelMode, JobConfig, Precision
+    from core.config import JobConfig
+    from model.config import DataParallelMode
+    from train.config import Precision
 
     cfg = JobConfig(
         model=ModelConfig(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_testlib import prepared, run_job, small_config, tb_scalars  # noqa: F401
 
-from launcher.schema import DataParallelMode
+from model.config import DataParallelMode
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

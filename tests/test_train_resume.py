@@ -24,7 +24,7 @@ from train_testlib import (  # noqa: F401
     tb_scalars,
 )
 
-from train import checkpoint as ckpt
+from checkpoint import train_state as ckpt
 from train.signals import EXIT_REQUEUE
 
 STEP_LINE = re.compile(r"^\[train\] step +\d+/\d+ \| loss [^|]+\| lr [^|]+\| grad norm [^|]+", re.M)
@@ -110,14 +110,14 @@ def _stopped(pid: int) -> bool:
 
 
 def _freeze_inside_save(proc: subprocess.Popen, root: Path, timeout: float) -> Path:
-    """SIGSTOP the trainer at a moment when it is writing a checkpoint (its `.step_N.tmp` folder exists) after a
-    first complete one; returns that folder. If the save finished between the look and the stop, SIGCONT and
-    look again: the kill that follows is then known to land in the middle of a save."""
+    """SIGSTOP the trainer at a moment when it is writing a checkpoint (its `.step_N.tmp-<host>-<pid>` folder
+    exists) after a first complete one; returns that folder. If the save finished between the look and the stop,
+    SIGCONT and look again: the kill that follows is then known to land in the middle of a save."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise AssertionError(f"training exited early with {proc.returncode}")
-        tmps = list(root.glob(".step_*.tmp")) if ckpt.latest(root) is not None else []
+        tmps = list(root.glob(".step_*.tmp-*")) if ckpt.latest(root) is not None else []
         if tmps:
             proc.send_signal(signal.SIGSTOP)
             while not _stopped(proc.pid):

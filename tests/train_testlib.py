@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.schema import JobConfig, ModelConfig
+from core.config import JobConfig
+from model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"\[train\] step +(\d+)/\d+ \| loss ([0-9.]+) \| lr ([0-9.e+-]+) \| grad norm ([0-9.]+)")
@@ -117,7 +118,8 @@ def prepared(tmp_path_factory) -> Path:
     """The cache folder holding the sample corpus prepared for SMALL_MODEL (made once per session)."""
     cache = tmp_path_factory.getbasetemp() / "train-cache"
     cfg = small_config(cache)
-    from launcher.stages import MARKER, data_dir
+    from core.marker import STAGE_MARKER as MARKER
+    from core.paths import data_dir
 
     if not (data_dir(cfg) / MARKER).exists():
         run_dir = tmp_path_factory.getbasetemp() / "train-data-run"
@@ -138,3 +140,11 @@ def tb_raw_steps(tb_dir: Path, tag: str = "train/loss") -> list[int]:
         for event in EventFileLoader(str(path)).Load():
             steps += [event.step for v in event.summary.value if v.tag == tag]
     return steps
+
+
+def checkpoint_layout(cfg: JobConfig) -> dict:
+    """The layout a training run of `cfg` records in its checkpoints (as train/loop.py computes it)."""
+    from checkpoint.train_state import layout
+    from core.arithmetic import derive
+
+    return layout(cfg.model, derive(cfg), cfg.parallel.data_parallel_mode)

@@ -15,8 +15,9 @@ from typing import Protocol
 
 import torch
 
-from launcher.arithmetic import backend_for
-from launcher.schema import Backend, JobConfig
+from core.arithmetic import backend_for
+from core.config import JobConfig
+from train.config import Backend
 
 
 @dataclass

@@ -6,7 +6,7 @@ on the device: the same code path is what the CPU tests run with 2-4 gloo proces
 Checkpoint files hold each rank's *local* tensors (a TP shard, an FSDP shard, or the whole tensor), written
 only by the ranks whose copy is unique (under DDP or without data parallelism only data-parallel rank 0
 writes model and optimizer), and copied back in place on load. That works the same for plain tensors, DTensors
-and DDP-wrapped TP shards, and costs one file per rank; the layout check in train/checkpoint.py guarantees the
+and DDP-wrapped TP shards, and costs one file per rank; the layout check in checkpoint/train_state.py guarantees the
 loading layout is the saving one.
 """
 
@@ -23,10 +23,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from launcher.arithmetic import derive
-from launcher.schema import Accelerator, DataParallelMode, Init, JobConfig, Precision
-from launcher.stages import pretrained_dir
+from checkpoint.steps import rank_file_name
+from core.arithmetic import derive
+from core.config import Accelerator, JobConfig
+from core.paths import pretrained_dir
+from model.config import DataParallelMode, Init
 from train.backend import StepResult
+from train.config import Precision
 from train.optim import build_optimizer, build_scheduler
 
 DEVICE = {
@@ -123,7 +126,9 @@ class TorchBackend:
 
             load_hf(model, pretrained_dir(cfg), cfg.model)
         self.full_numel = {n: p.numel() for n, p in model.named_parameters()}
-        self.model = parallelize(model, mesh=self.mesh, parallel_cfg=cfg.parallel, precision=cfg.trainer.precision)
+        self.model = parallelize(
+            model, mesh=self.mesh, parallel_cfg=cfg.parallel, bf16=Precision(cfg.trainer.precision) == Precision.bf16
+        )
         self.fsdp = cfg.parallel.data_parallel_mode == DataParallelMode.fsdp
         bf16 = Precision(cfg.trainer.precision) == Precision.bf16
         # FSDP's MixedPrecisionPolicy casts parameters itself; otherwise bf16 means autocast around forward.
@@ -252,8 +257,7 @@ class TorchBackend:
         return self._named
 
     def _shard_name(self) -> str:
-        dp = 0 if not self.fsdp else self.dp_rank
-        return f"dp_rank_{dp:02d}_tp_rank_{self.tp_rank:02d}_pp_rank_00.pt"
+        return rank_file_name(self.dp_rank if self.fsdp else 0, self.tp_rank, 0)
 
     def _writes_shards(self) -> bool:
         return self.fsdp or self.dp_rank == 0

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from checkpoint import train_state as ckpt
+from core.arithmetic import derive
+from core.config import JobConfig
+from core.paths import data_dir
+from core.stages import StageContext
 from data.loader import Split, TrainBatches, check_dataset, eval_batches
-from launcher.arithmetic import derive
-from launcher.schema import JobConfig
-from launcher.stages import StageContext
-from train import checkpoint as ckpt
 from train.backend import TrainBackend
 from train.logging import MetricLogger
 from train.signals import Preempted, StopRequest
@@ -28,22 +29,23 @@ def _window_end(step: int, interval: int) -> bool:
 def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: float | None = None) -> dict[str, Any]:
     t = cfg.trainer
     started = time.perf_counter() if started is None else started
-    info = check_dataset(cfg)
+    info = check_dataset(data_dir(cfg), seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size)
     root = Path(ctx.final_dir)
     lead = backend.rank == 0
     if lead:
         root.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(root)
     backend.barrier()
+    d = derive(cfg)
+    layout = ckpt.layout(cfg.model, d, cfg.parallel.data_parallel_mode)
     resume = ckpt.latest(root)
     backend.build(resuming=resume is not None)
     step = consumed = 0
     if resume is not None:
-        meta = ckpt.load(resume, io=backend, cfg=cfg)
+        meta = ckpt.load(resume, io=backend, layout=layout)
         step, consumed = int(meta["step"]), int(meta["consumed_samples"])
         backend.scheduler.load_state_dict(meta["scheduler"])
     log = MetricLogger(Path(ctx.run_dir) / "tensorboard", enabled=lead, resume_step=step, max_steps=t.max_steps)
-    d = derive(cfg)
     log.info(
         f"resumed from {resume} (step {step}, {consumed:,} samples consumed)"
         if resume
@@ -120,7 +122,7 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
                 val_loss, blocks = backend.eval_loss(held_out)
                 log.validation(step, val_loss, blocks)
             if _window_end(step, t.checkpoint_interval) or step == end or res.stop:
-                last_saved = _save(root, step, backend, cfg, batches.consumed, log)
+                last_saved = _save(root, step, backend, cfg, layout, batches.consumed, log)
             if res.stop:
                 log.info(
                     f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
@@ -167,10 +169,18 @@ def _lr_of(backend: TrainBackend) -> float:
     return backend.scheduler.get_last_lr()[0]
 
 
-def _save(root: Path, step: int, backend: TrainBackend, cfg: JobConfig, consumed: int, log: MetricLogger) -> Path:
+def _save(
+    root: Path,
+    step: int,
+    backend: TrainBackend,
+    cfg: JobConfig,
+    layout: dict[str, Any],
+    consumed: int,
+    log: MetricLogger,
+) -> Path:
     t0 = time.perf_counter()
     state = {"consumed_samples": consumed, "scheduler": backend.scheduler.state_dict()}
-    path = ckpt.save(root, step, io=backend, cfg=cfg, state=state, keep_last=cfg.trainer.keep_last)
+    path = ckpt.save(root, step, io=backend, layout=layout, state=state, keep_last=cfg.trainer.keep_last)
     log.flush()
     log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")
     return path

@@ -12,12 +12,11 @@ testable formula; the torch scheduler is a LambdaLR over it whose state (last_ep
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from launcher.schema import OptimConfig, Schedule
+from train.config import OptimConfig, Schedule
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
@@ -75,7 +74,3 @@ def build_scheduler(
             f"should decay. Set optim.min_lr to at most {base} (e.g. optim.min_lr={base / 10:g})."
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, ocfg, max_steps) / base)
-
-
-def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    return [p for p in params if p.requires_grad]

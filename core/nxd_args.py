@@ -10,9 +10,13 @@ checks that they agree. Flag names are NxD's (`convert_checkpoints.py`, `run_lla
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launcher.arithmetic import derive
-from launcher.schema import Init, JobConfig
+from core.arithmetic import derive
+from model.config import Init
+
+if TYPE_CHECKING:
+    from core.config import JobConfig
 
 
 def _flag(value: bool) -> str:

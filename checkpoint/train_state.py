@@ -7,11 +7,11 @@
       metadata.json                               step, data position, scheduler, layout fingerprint, manifest
       COMPLETE                                    written last; "latest" = newest step_N that has it
 
-Every rank writes into `.step_N.tmp/` and hashes what it wrote; rank 0 gathers each rank's (size, sha256)
-into the manifest, writes metadata.json and COMPLETE, fsyncs, and renames the
-folder into place. A process killed at any moment leaves either a complete step_N or a `.step_N.tmp` that the
-next start deletes, so the previous checkpoint always stays loadable. Corruption after the fact (a truncated
-or edited file) is caught by the manifest and reported with the file's path.
+Every rank writes into rank 0's temporary sibling of `step_N/` (core/publish.py) and hashes what it wrote; rank 0
+gathers each rank's (size, sha256) into the manifest, writes metadata.json and COMPLETE, fsyncs, and swaps the
+folder into place. A process killed at any moment leaves either a complete step_N or a temporary folder that
+the next start removes (its owner is gone), so the previous checkpoint always stays loadable. Corruption after
+the fact (a truncated or edited file) is caught by the manifest and reported with the file's path.
 """
 
 from __future__ import annotations
@@ -20,19 +20,23 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.distributed as dist
 
-from launcher.arithmetic import derive
-from launcher.schema import JobConfig, as_plain
+from checkpoint.steps import COMPLETE, complete_steps, latest, step_dir
+from core import publish
+from core.fingerprint import as_plain, digest
 
-COMPLETE = "COMPLETE"
+if TYPE_CHECKING:
+    from core.arithmetic import Derived
+    from model.config import DataParallelMode, ModelConfig
+
+__all__ = ["COMPLETE", "complete_steps", "latest", "step_dir"]
+
 METADATA = "metadata.json"
-STEP_RE = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
 
 
@@ -44,52 +48,30 @@ class ShardIO(Protocol):
     def load_shards(self, folder: Path) -> None: ...
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step}"
-
-
-def complete_steps(root: Path) -> list[tuple[int, Path]]:
-    if not root.exists():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / COMPLETE).exists():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def latest(root: Path) -> Path | None:
-    steps = complete_steps(root)
-    return steps[-1][1] if steps else None
-
-
 def clean_stale(root: Path) -> None:
     """Leftovers of a killed save or prune (never a complete checkpoint): rank 0, before any save."""
     if root.exists():
         for p in root.iterdir():
-            if p.name.startswith((".step_", ".trash-")):
-                shutil.rmtree(p, ignore_errors=True)
+            if p.name.startswith(".step_"):
+                if p.name.endswith(".tmp"):  # the format before core/publish.py (no owner recorded)
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    publish.clean_stale(root / p.name[1:].split(".", 1)[0])
 
 
-def layout(cfg: JobConfig) -> dict[str, Any]:
+def layout(model: ModelConfig, d: Derived, data_parallel_mode: DataParallelMode) -> dict[str, Any]:
     """What must be equal for a checkpoint to load: the architecture and how it is split over processes."""
-    d = derive(cfg)
-    arch = {k: v for k, v in as_plain(cfg.model).items() if k not in ("name", "init", "pretrained_path")}
+    arch = {k: v for k, v in as_plain(model).items() if k not in ("name", "init", "pretrained_path")}
     return {
         "model": arch,
         "parallel": {
             "tensor_parallel_degree": d.tensor_parallel,
             "pipeline_parallel_degree": d.pipeline_parallel,
             "data_parallel_degree": d.data_parallel,
-            "data_parallel_mode": as_plain(cfg.parallel.data_parallel_mode),
+            "data_parallel_mode": as_plain(data_parallel_mode),
             "backend": d.backend.value,
         },
     }
-
-
-def fingerprint(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -109,14 +91,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -143,13 +117,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(root: Path, step: int, *, io: ShardIO, cfg: JobConfig, state: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the published step_N folder."""
-    tmp = root / f".step_{step}.tmp"
+def save(root: Path, step: int, *, io: ShardIO, layout: dict[str, Any], state: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. `layout` is `layout(...)` of this run. Returns the published step_N."""
     final = step_dir(root, step)
+    tmp = publish.sibling(final)  # rank 0's: every rank writes into the same folder
     if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
+    tmp = Path(_gather(str(tmp))[0])
     _barrier()
     written = io.save_shards(tmp)
     # Each rank hashes only what it wrote, in parallel; rank 0 assembles the manifest.
@@ -158,28 +134,22 @@ def save(root: Path, step: int, *, io: ShardIO, cfg: JobConfig, state: dict[str,
     for part in _gather(mine):
         manifest.update(part)
     if _rank() == 0:
-        lay = layout(cfg)
+        lay = layout
         meta = {
             "format_version": FORMAT_VERSION,
             "step": step,
             **state,
             "layout": lay,
-            "layout_fingerprint": fingerprint(lay),
+            "layout_fingerprint": digest(lay),
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "files": dict(sorted(manifest.items())),
         }
         _write_json(tmp / METADATA, meta)
         _write_json(tmp / COMPLETE, {"step": step})
-        _fsync_dir(tmp)
-        if final.exists():  # a rerun saving the same step: swap, never delete the old one before the new is in
-            trash = root / f".trash-{final.name}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
+        publish.fsync_dir(tmp)
+        publish.swap_in(tmp, final)  # a rerun saving the same step: the old one goes only after the swap
+        publish.fsync_dir(root)
         prune(root, keep_last)
     _barrier()
     return final
@@ -189,10 +159,7 @@ def prune(root: Path, keep_last: int) -> None:
     if keep_last < 1:
         return
     for _, path in complete_steps(root)[:-keep_last]:
-        # Rename first: a kill during rmtree leaves a .trash- folder, never a half-deleted "complete" step.
-        trash = root / f".trash-{path.name}"
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        publish.remove(path)  # a kill midway leaves a trash folder, never a half-deleted "complete" step
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -210,8 +177,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(path: Path, meta: dict[str, Any], cfg: JobConfig) -> None:
-    diffs = _differences(meta.get("layout", {}), layout(cfg))
+def check_compatible(path: Path, meta: dict[str, Any], layout: dict[str, Any]) -> None:
+    diffs = _differences(meta.get("layout", {}), layout)
     if diffs:
         raise ValueError(
             f"The checkpoint {path} was made with a different model or parallel layout than this "
@@ -243,10 +210,10 @@ def verify(path: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def load(path: Path, *, io: ShardIO, cfg: JobConfig) -> dict[str, Any]:
+def load(path: Path, *, io: ShardIO, layout: dict[str, Any]) -> dict[str, Any]:
     """Collective. Checks compatibility and integrity, then loads this rank's shards; returns the metadata."""
     meta = read_metadata(path)
-    check_compatible(path, meta, cfg)
+    check_compatible(path, meta, layout)
     verify(path, meta)
     io.load_shards(path)
     return meta

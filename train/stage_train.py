@@ -1,4 +1,4 @@
-"""The `train` stage entrypoint (`train.main:run`), called on every rank.
+"""The `train` stage's adapter (`train.stage_train:run`), called on every rank.
 
 Under torchrun it reads RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR/PORT) from the environment and joins
 the process group of the device cluster.accelerator names (cpu -> gloo, cuda -> nccl, trn2 -> neuron); alone,
@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from launcher.schema import JobConfig
-from launcher.stages import StageContext
+from core.config import JobConfig
+from core.stages import StageContext
 
 
 def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""The job's configuration: every owner's section composed into one `JobConfig`, plus where jobs run.
+
+The sections live with their owners (model/config.py, data/config.py, train/config.py); the cluster section is
+here because every stage reads it (devices, cache folder). Hydra registration lives next to composition
+(launcher/compose.py), so importing this module loads no Hydra or OmegaConf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from core.stages import Stage
+from data.config import DataConfig
+from model.config import ModelConfig, ParallelConfig
+from train.config import OptimConfig, TrainerConfig
+
+
+class Accelerator(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    trn1 = "trn1"
+    trn2 = "trn2"
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    # The option name (conf/cluster/<name>.yaml); names the default run folder.
+    name: str = "local"
+    executor: ExecutorKind = ExecutorKind.local
+    accelerator: Accelerator = Accelerator.cpu
+    nodes: int = 1
+    # 0 = from the accelerator: trn1 32 NeuronCores, trn2 64, cuda 8, cpu the process count of the parallel plan.
+    devices_per_node: int = 0
+    # GiB per device, for the plan's memory estimate; 0 = the accelerator's (trn1 NeuronCore: 16).
+    device_memory_gb: float = 0.0
+    # Slurm partition and account ("" = the cluster's defaults).
+    partition: str = ""
+    account: str = ""
+    # Whole nodes for the job (sbatch --exclusive).
+    exclusive: bool = False
+    # Slurm time limit in minutes (0 = the partition's default).
+    time_limit_min: int = 0
+    # CPUs per Slurm task (0 = Slurm's default).
+    cpus_per_task: int = 0
+    # GB of host memory per node (0 = no --mem; with exclusive, --mem=0: the whole node).
+    mem_gb: int = 0
+    # HyperPod only: `srun --auto-resume=1` restarts the job on a healthy node after a hardware fault.
+    auto_resume: bool = False
+    # Cap on consecutive requeues after preemption or timeout before the training job gives up (wired by the
+    # Slurm executor).
+    max_requeues: int = 3
+    # Root of run folders (`run_dir` default: <runs_dir>/<model>-<parallel>-<cluster>).
+    runs_dir: str = "runs"
+    # Shared cache for prepared datasets, tokenizers and downloads; must be visible to every node.
+    cache_dir: str = "${oc.env:TRAINIUM_LAUNCHER_CACHE,${oc.env:HOME}/.cache/trainium-launcher}"
+    # Shell lines run at the start of every job (activate a venv, load modules).
+    setup: list[str] = field(default_factory=list)
+    # Environment variables of every job.
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Empty: <cluster.runs_dir>/<model>-<parallel>-<cluster> (multirun points get a subfolder each).
+    run_dir: str = ""
+    # Validate and print the plan; create and submit nothing.
+    dry_run: bool = False
+    # Stages to run; empty = every stage that applies to this config (core/stages.py).
+    stages: list[Stage] = field(default_factory=list)
+    # Rebuild stage outputs even when their marker says they are complete and match.
+    force: bool = False
