@@ -160,6 +160,36 @@ class SlurmCluster:
             args, env=self.subprocess_env(), capture_output=True, text=True, check=check, timeout=timeout, **kw
         )
 
+    def sbatch(self, *args: str) -> str:
+        """Submit with ``sbatch --parsable ARGS``; returns the job id."""
+        r = self.run(["sbatch", "--parsable", *args], timeout=30)
+        if r.returncode != 0:
+            raise SlurmClusterError(f"sbatch {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+        return r.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """``scontrol -o show job ID`` as a dict (JobState, Reason, Restarts, NodeList, ...); {} once it is gone."""
+        r = self.run(["scontrol", "-o", "show", "job", str(job_id)], timeout=10)
+        if r.returncode != 0 or not r.stdout.strip():
+            return {}
+        fields: dict[str, str] = {}
+        for tok in r.stdout.splitlines()[0].split():
+            key, sep, value = tok.partition("=")
+            if sep:
+                fields[key] = value
+        return fields
+
+    def wait_job(self, job_id: str, states: set[str] | tuple[str, ...], timeout: float = 60) -> dict[str, str]:
+        """Poll until the job's JobState is one of ``states``; returns its fields, raises on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if info.get("JobState") in states:
+                return info
+            if time.monotonic() > deadline:
+                raise SlurmClusterError(f"job {job_id} not in {sorted(states)} after {timeout:.0f} s: {info}")
+            time.sleep(0.2)
+
     def start(self) -> SlurmCluster:
         missing = missing_packages() if self.accounting else [p for p in missing_packages() if p in _BASE]
         if missing:
@@ -266,7 +296,7 @@ class SlurmCluster:
     def _slurm_conf(self) -> str:
         d = self.dir
         host = socket.gethostname().split(".")[0]
-        auth = f"socket={self.munge_socket},cred_expire=10"
+        auth = f"socket={self.munge_socket},cred_expire=5"
         if self.accounting:
             acct = (
                 "AccountingStorageType=accounting_storage/slurmdbd\n"
@@ -308,7 +338,8 @@ TaskPlugin=task/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# bf_interval, sched_interval: a requeued job (BeginTime) starts again within 1-2 s of becoming eligible
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,bf_interval=1,sched_interval=1
 # 22.05: here, not under SchedulerParameters (ignored there): afterok on a failed job cancels the dependent
 DependencyParameters=kill_invalid_depend
 JobRequeue=1
@@ -479,6 +510,13 @@ def main(argv: list[str]) -> int:
             print(r.stdout + r.stderr + f"srun: rc {r.returncode} in {time.monotonic() - t:.2f} s")
             return r.returncode
     if cmd == "up" and len(argv) > 1:
+
+        def _interrupt(*_):
+            raise KeyboardInterrupt
+
+        # a background job of a non-interactive shell starts with SIGINT ignored: take both signals explicitly
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
         with SlurmCluster(argv[1], accounting=accounting) as c:
             print(f"ready in {c.startup_s:.2f} s; in another shell: export SLURM_CONF={c.conf}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
