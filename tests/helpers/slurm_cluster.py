@@ -37,6 +37,7 @@ PACKAGES = {
     "slurmdbd": "slurmdbd",
     "mariadb-server": "mariadbd",
 }
+_BASE = ("slurmctld", "slurmd", "slurm-client", "munge")  # enough for a cluster without accounting
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Variables of an enclosing Slurm job (CI itself may run in one) that must not leak into the test cluster's clients.
 _FOREIGN_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_", "SACCT_", "SINFO_")
@@ -414,7 +415,9 @@ DebugLevel=info
              "--bind-address=127.0.0.1", f"--port={self.mysql_port}", "--skip-grant-tables", "--skip-name-resolve",
              f"--pid-file={d}/run/mysqld.pid", f"--log-error={d}/log/mariadb.log", f"--tmpdir={d}/tmp",
              "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M",
-             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-use-native-aio=0"],
+             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-use-native-aio=0",
+             # slurmdbd creates ~40 tables when the cluster registers: one file and no fsync saves 1-2 s
+             "--innodb-file-per-table=0", "--innodb-flush-method=nosync"],
         )  # fmt: skip
         self._logs["mariadb"] = d / "log" / "mariadb.log"
         self._poll(lambda: self._port_open(self.mysql_port), "MariaDB port", 30)
@@ -490,9 +493,6 @@ DebugLevel=info
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
-
-
-_BASE = ("slurmctld", "slurmd", "slurm-client", "munge")
 
 
 def main(argv: list[str]) -> int:
