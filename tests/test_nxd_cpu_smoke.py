@@ -1,7 +1,7 @@
 """NxD's real code runs here, in its CPU mode (NXD_CPU_MODE=1, eager CPU tensors, gloo), at TP 2 under torchrun:
 parallel_state, ColumnParallelLinear + RowParallelLinear, GQAQKVColumnParallelLinear with kv_size_multiplier, and
 the trainer API (neuronx_distributed_config, initialize_parallel_model, initialize_parallel_optimizer) give what
-plain torch gives on the unsharded weights.
+plain torch gives on the unsharded weights; save_checkpoint/load_checkpoint resume exactly.
 
 Needs NxD (see tests/helpers/nxd_available.py and nxd_env.sh): skipped with the reason where it is absent.
     NXD_SRC=/path/to/neuronx-distributed/src /path/to/nxd-venv/bin/python -m pytest -m nxd tests/test_nxd_cpu_smoke.py
@@ -80,3 +80,15 @@ def test_trainer_api_tp2_matches_torch(tp2):
         assert tr["grad_norm"] < TOL, (tr["nxd_grad_norms"], tr["ref_grad_norms"])
         assert tr["final_head_weight"] < TOL
         assert tr["nxd_losses"][-1] < tr["nxd_losses"][0]
+
+
+def test_trainer_checkpoint_resume_exact(tp2):
+    for res in tp2["ranks"]:
+        tr = res["trainer"]
+        assert tr["resume"] == 0.0, (tr["resumed_losses"], tr["nxd_losses"])
+        files = tr["checkpoint_files"]
+        for tp_rank in (0, 1):
+            assert any(
+                f"dp_rank_00_tp_rank_0{tp_rank}_pp_rank_00" in f and f.startswith("step_3/model/") for f in files
+            )
+        assert "step_3/done" in files, files

@@ -42,7 +42,9 @@ from neuronx_distributed.parallel_layers.loss_functions import parallel_cross_en
 from neuronx_distributed.trainer import (  # noqa: E402
     initialize_parallel_model,
     initialize_parallel_optimizer,
+    load_checkpoint,
     neuronx_distributed_config,
+    save_checkpoint,
 )
 
 RANK = dist.get_rank()
@@ -137,7 +139,8 @@ results["gqa_qkv"] = {
 
 # 4. The trainer API: neuronx_distributed_config + initialize_parallel_model + initialize_parallel_optimizer, a tiny
 #    LM of NxD layers (vocab-parallel embedding, column/row MLP, column lm_head, parallel_cross_entropy), a few AdamW
-#    steps with NxD's gradient clipping, vs the same model in plain torch.
+#    steps with NxD's gradient clipping, vs the same model in plain torch; save_checkpoint after step 3 and
+#    load_checkpoint into a fresh model + optimizer, which then redoes steps 4-5.
 V, HM, FM, STEPS, LR = 16, 8, 16, 5, 1e-2
 g = torch.Generator().manual_seed(2)
 full = {
@@ -178,14 +181,31 @@ nxd_config = neuronx_distributed_config(tensor_parallel_size=TP)
 model = initialize_parallel_model(nxd_config, tiny_nxd)
 optimizer = initialize_parallel_optimizer(nxd_config, torch.optim.AdamW, model.parameters(), lr=LR)
 devices = sorted({str(p.device) for p in model.parameters()})
-nxd_losses, nxd_norms = [], []
-for ids in data:
+ckpt_dir, SAVE_AT = out_dir / "ckpt", 3
+
+
+def train_step(model, optimizer, ids) -> tuple[float, float]:
     optimizer.zero_grad()
     loss = model(ids, ids)
     loss.backward()
     optimizer.step()
-    nxd_losses.append(loss.item())
-    nxd_norms.append(float(optimizer.grad_norm))
+    return loss.item(), float(optimizer.grad_norm)
+
+
+nxd_losses, nxd_norms = [], []
+for step, ids in enumerate(data, start=1):
+    loss, norm = train_step(model, optimizer, ids)
+    nxd_losses.append(loss)
+    nxd_norms.append(norm)
+    if step == SAVE_AT:  # NxD's checkpoint code synchronises with xm.rendezvous: patch_cpu_mode_gaps makes it a barrier
+        save_checkpoint(str(ckpt_dir), f"step_{step}", model=model, optimizer=optimizer)
+
+# Resume: a fresh model and optimizer (initial weights) loaded from the step-3 checkpoint redo steps 4 and 5.
+model2 = initialize_parallel_model(nxd_config, tiny_nxd)
+optimizer2 = initialize_parallel_optimizer(nxd_config, torch.optim.AdamW, model2.parameters(), lr=LR)
+load_checkpoint(str(ckpt_dir), tag=f"step_{SAVE_AT}", model=model2, optimizer=optimizer2)
+resumed_losses = [train_step(model2, optimizer2, ids)[0] for ids in data[SAVE_AT:]]
+ckpt_files = sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*") if p.is_file())
 
 ref = {k: torch.nn.Parameter(v.clone()) for k, v in full.items()}
 ref_opt = torch.optim.AdamW(ref.values(), lr=LR)
@@ -209,6 +229,9 @@ results["trainer"] = {
     "loss": max(abs(a - b) for a, b in zip(nxd_losses, ref_losses)),
     "grad_norm": max(abs(a - b) for a, b in zip(nxd_norms, ref_norms)),
     "final_head_weight": final_weight,
+    "resumed_losses": resumed_losses,
+    "resume": max(abs(a - b) for a, b in zip(resumed_losses, nxd_losses[SAVE_AT:])),
+    "checkpoint_files": ckpt_files,
 }
 
 out_dir.mkdir(parents=True, exist_ok=True)
