@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,7 @@ def _to_hf(
     dest.mkdir(parents=True, exist_ok=True)
     for name, shard in zip(names, shards):
         specs = [(k, arch.hf_shape(k), dtypes[k]) for k in shard]
-        write_safetensors(dest / name, specs, lambda i, shard=shard: assemble(shard[i]))
+        write_safetensors(dest / name, specs, partial(_assemble_at, assemble, shard))
     if len(shards) > 1:
         weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -385,6 +386,10 @@ def _to_hf(
         "warnings": warnings[:20],
         **summary,
     }
+
+
+def _assemble_at(assemble: Any, shard: list[str], i: int) -> Any:
+    return assemble(shard[i])
 
 
 # ---------------------------------------------------------------- atomic output
@@ -428,7 +433,7 @@ def parser() -> argparse.ArgumentParser:
         description="Convert HF Llama safetensors to NxD tp x pp shards (--convert_from_full_state) or back "
         "(--convert_to_full_state), streaming. Flags as NxD's convert_checkpoints.py; booleans take 1/true/0/false.",
     )
-    b = {"type": strict_bool, "nargs": "?", "const": True, "default": False, "metavar": "BOOL"}
+    b: dict[str, Any] = {"type": strict_bool, "nargs": "?", "const": True, "default": False, "metavar": "BOOL"}
     ap.add_argument(
         "--input_dir",
         required=True,

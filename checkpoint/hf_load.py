@@ -95,7 +95,9 @@ def _keys(file: Path) -> list[str]:
 @torch.no_grad()
 def load_hf(model: nn.Module, path: str | Path, cfg: ModelConfig | None = None) -> dict[str, Any]:
     """Copy the weights of the HF folder `path` into `model` (plain or DTensor parameters), in place."""
-    cfg = cfg if cfg is not None else model.cfg
+    if cfg is None:
+        cfg = getattr(model, "cfg", None)
+        assert isinstance(cfg, ModelConfig), "a model without .cfg needs cfg="
     check_config(path, cfg)
     params = dict(model.named_parameters(remove_duplicate=False))
     plan: dict[Path, list[tuple[str, str]]] = {}

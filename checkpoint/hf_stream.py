@@ -135,8 +135,8 @@ class HFSource:
                     full = full[a:b]
                 if full.is_contiguous():  # rows of a row-major tensor are one byte range
                     path, start, _ = self._spans[alias.get(pc.hf_key, pc.hf_key)]
-                    offset = start + full.storage_offset() * full.element_size()
-                    return self._mapped(path, offset, full.nbytes).view(full.dtype).view(dest.shape)
+                    offset = start + int(full.storage_offset()) * full.element_size()
+                    return self._mapped(path, offset, int(full.nbytes)).view(full.dtype).view(dest.shape)
         row = 0
         for pc in pieces:
             full = self.view(alias.get(pc.hf_key, pc.hf_key))
@@ -201,5 +201,5 @@ def write_safetensors(
         for i, (key, shape, dtype) in enumerate(specs):
             t = produce(i)
             assert tuple(t.shape) == tuple(shape) and t.dtype == dtype, key
-            f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return offset

@@ -95,8 +95,9 @@ class TorchFileStream:
         raw = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()[:size] if size else b""
         # The write (torch's writer, holding the GIL) runs on a helper thread while this one computes the CRC
         # (zlib releases the GIL): the two passes over the bytes overlap on two cores.
-        written = _writer_thread().submit(self.writer.write_record, name, storage, size)
-        self.crcs[name] = zlib.crc32(raw)
+        written = _writer_thread().submit(self.writer.write_record, name, storage, size)  # type: ignore[arg-type]
+        # A uint8 numpy array is a buffer; numpy's stubs do not say so.
+        self.crcs[name] = zlib.crc32(raw)  # type: ignore[arg-type]
         written.result()
         self.done += 1
 
@@ -207,7 +208,7 @@ class TensorReference:
 def xla_reference_class() -> Iterator[type]:
     """The TensorReference class pickled under torch_xla's module path (a stand-in when torch_xla is absent)."""
     if importlib.util.find_spec("torch_xla") is not None:
-        from torch_xla.utils.serialization import TensorReference as real  # type: ignore[import-not-found]
+        from torch_xla.utils.serialization import TensorReference as real
 
         yield real
         return

@@ -147,7 +147,7 @@ def prepare(d: DataConfig, corpus: Corpus, tok: LoadedTokenizer, out: Path, t0: 
     finally:
         remove(tmp)
     blocks = {s: packers[s].writer.blocks for s in SPLITS}
-    summary = {
+    summary: dict[str, Any] = {
         "source": corpus.description,
         "files": len(corpus.files),
         "seq_len": d.seq_len,

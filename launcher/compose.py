@@ -107,10 +107,10 @@ def compose(overrides: list[str]) -> Composed:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             raw = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        runtime_choices = OmegaConf.to_container(raw.hydra.runtime.choices)
+        assert isinstance(runtime_choices, dict)
         choices = {
-            k: v
-            for k, v in OmegaConf.to_container(raw.hydra.runtime.choices).items()
-            if not k.startswith("hydra/") and v is not None
+            str(k): str(v) for k, v in runtime_choices.items() if not str(k).startswith("hydra/") and v is not None
         }
         with _open(raw):
             del raw["hydra"]
@@ -183,7 +183,7 @@ def _schema_at(path: list[str]) -> type | None:
         ftypes = {f.name: f for f in fields(node)}
         if part not in ftypes:
             return None
-        node = _field_type(node, part)
+        node = _field_type(node if isinstance(node, type) else type(node), part)
     return node
 
 

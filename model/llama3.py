@@ -122,6 +122,8 @@ class Llama3(nn.Module):
     """Decoder-only Llama 3. `layers` is a ModuleDict keyed "0".."L-1" so a pipeline stage can delete layers
     (and set tok_embeddings / norm / output to None) while keeping the global names of the rest."""
 
+    rope_inv_freq: torch.Tensor  # a buffer (register_buffer below), declared for the type checker
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

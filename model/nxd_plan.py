@@ -197,6 +197,7 @@ def _attention(
             "kv_size_multiplier": kvm,
             "fuse_qkv": fuse_qkv,
         }
+        params: tuple[ParamPlan, ...]
         if fuse_qkv:
             full = q_size + 2 * kv_size * kvm
             params = (ParamPlan(f"{name}.weight_qkv", (full, h), (q_rows + 2 * kv_rows, h), 0, 1, kvm),)
