@@ -19,7 +19,7 @@ Usage:
   python -m launcher [+model=NAME] [group=option ...] [key=value ...] [dry_run=true]
   python -m launcher -m key=a,b ...          sweep (one run folder per point)
   python -m launcher --cfg job [overrides]   print the composed config and exit
-  python -m launcher status [RUN]            stages of a run (RUN = run folder; default: the latest run)
+  python -m launcher status [RUN]            stages of a run (RUN = run folder; default: your latest run)
   python -m launcher cancel RUN              stop a run's running stage (training checkpoints first)
 
 Examples:
