@@ -52,8 +52,8 @@ def _fixed(key: str) -> bool:
     return key in _FIXED_PARALLEL or (key.startswith("model.") and key not in _LABELS)
 
 
-def _show(diffs: dict[str, list[Any]]) -> str:
-    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+def _show(diffs: dict[str, list[Any]], form: str = "{a!r} -> {b!r}") -> str:
+    return "; ".join(f"{k}: " + form.format(a=a, b=b) for k, (a, b) in diffs.items())
 
 
 def foreign_refusal(stage: Stage, cfg: JobConfig, run_dir: Path) -> tuple[str, list[str]]:
@@ -100,9 +100,10 @@ def train_refusal(cfg: JobConfig, run_dir: Path) -> tuple[str, str]:
     changed = {k: v for k, v in diffs.items() if k not in fixed and k not in RESUME_NEUTRAL}
     new_run = f"run_dir={shlex.quote(str(run_dir) + '-new')}"
     if fixed:
+        layout = _show(fixed, "checkpoint {a!r}, config {b!r}")
         return (
             f"run_dir={run_dir}: its training ({where}) was made with a different model or parallel layout, "
-            f"which a checkpoint cannot be continued under: {_show(fixed)}. Fix: use a new run folder "
+            f"which a checkpoint cannot be continued under: {layout}. Fix: use a new run folder "
             f"({new_run}), or force=true to start training again in this one (it removes the launcher's "
             f"checkpoints there).",
             "",

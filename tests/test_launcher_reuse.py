@@ -60,7 +60,7 @@ def test_changed_config_is_refused_continued_on_request_or_restarted(isolated):
         assert shown in refusal and "run_dir=run-new" in refusal and "trainer.resume_changed=true" in refusal
     # A different layout cannot be continued at all, not even on request.
     (refusal,) = _refusals("parallel=cpu_tp2", "trainer.resume_changed=true")
-    assert "parallel.tensor_parallel_degree: 1 -> 2" in refusal and "force=true" in refusal
+    assert "parallel.tensor_parallel_degree: checkpoint 1, config 2" in refusal and "force=true" in refusal
     # Settings that change no weight are not a reason to refuse.
     assert _refusals("trainer.keep_last=5") == []
 
