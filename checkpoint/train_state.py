@@ -148,7 +148,9 @@ def save(root: Path, step: int, *, io: ShardIO, layout: dict[str, Any], state: d
         _write_json(tmp / METADATA, meta)
         _write_json(tmp / COMPLETE, {"step": step})
         publish.fsync_dir(tmp)
-        publish.swap_in(tmp, final)  # a rerun saving the same step: the old one goes only after the swap
+        # A rerun saving the same step: the old one goes only after the swap. step_N names are the trainer's
+        # own (an interrupted NxD save leaves one without its marker), so no ownership check here.
+        publish.swap_in(tmp, final, force=True)
         publish.fsync_dir(root)
         prune(root, keep_last)
     _barrier()

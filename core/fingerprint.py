@@ -38,8 +38,8 @@ def digest(value: Any) -> str:
 
 
 LAYOUT_KEYS = ("tensor_parallel_degree", "pipeline_parallel_degree", "kv_size_multiplier", "qkv_linear", "fuse_qkv")
-# Trainer settings that do not change what training computes.
-TRAIN_NEUTRAL = ("steps_this_run", "num_threads", "log_interval")
+# Trainer settings that do not change what training computes (resume_changed only allows a rerun to continue).
+TRAIN_NEUTRAL = ("steps_this_run", "num_threads", "log_interval", "resume_changed")
 
 
 def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:
@@ -78,6 +78,11 @@ def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:
     if stage == Stage.train:
         return train
     return {"train": train}  # export
+
+
+def data_inputs_of(cfg: JobConfig) -> dict[str, Any]:
+    """The data stage's inputs, which the train fingerprint holds only as a hash (recorded to name what changed)."""
+    return fingerprint_inputs(Stage.data, cfg)
 
 
 def fingerprint(stage: Stage, cfg: JobConfig) -> str:

@@ -8,6 +8,14 @@ Temporary names are `.<name>.<kind>-<host>-<pid>` (kind: tmp = being written, ol
 trash = being deleted). One stale-clean-up policy for all of them: a leftover whose owner process is gone
 (same host, pid not alive) is removed by the next writer of the same path; a leftover of another host is
 removed once it has not changed for STALE_OTHER_HOST_S (its owner cannot be asked on a shared file system).
+An `old` leftover whose final path is gone (killed between the two renames of a swap) is the last good output:
+it is renamed back, never deleted.
+
+Ownership: the launcher replaces or deletes only what it wrote. A folder is ours when it holds our marker
+(`_stage.json`, or the caller's marker such as a checkpoint's `COMPLETE`), and then only the entries the marker
+lists (a marker without a list owns the whole folder). Publishing over a folder with anything else in it
+(a user's files, a dataset NxD's get_dataset.py wrote, a model card added to an export) raises
+ForeignOutputError unless the caller passes `force=True` (the user's `force=true`).
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +34,14 @@ from typing import Any
 
 KINDS = ("tmp", "old", "trash")
 STALE_OTHER_HOST_S = 7 * 24 * 3600
+# The stage marker (core/marker.py writes it): the sign that the launcher made a folder.
+MARKER = "_stage.json"
+# Signals held back while a swap renames (so an interrupt never falls between "old moved away" and "new in").
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+class ForeignOutputError(ValueError):
+    """Publishing would replace files the launcher did not write."""
 
 
 def _host() -> str:
@@ -72,14 +90,50 @@ def is_stale(leftover: Path, final: Path) -> bool:
 
 
 def clean_stale(final: Path) -> list[Path]:
-    """Remove the leftovers of `final` whose owners are gone; returns what was removed."""
+    """Remove the leftovers of `final` whose owners are gone; returns what was removed. A stale `old` leftover
+    of a missing `final` is restored instead (the swap that made it was killed before the new one arrived)."""
     removed = []
     if final.parent.is_dir():
-        for p in final.parent.glob(f".{final.name}.*-*"):
-            if is_stale(p, final):
-                _rmtree(p)
-                removed.append(p)
+        for p in sorted(final.parent.glob(f".{final.name}.*-*")):
+            if not is_stale(p, final):
+                continue
+            if p.name.startswith(f".{final.name}.old-") and not final.exists():
+                os.replace(p, final)
+                continue
+            _rmtree(p)
+            removed.append(p)
     return removed
+
+
+def foreign_entries(final: Path, marker: str = MARKER) -> list[str]:
+    """Names in the folder `final` that the launcher did not write (empty: absent, empty, or all ours)."""
+    if not final.exists() and not final.is_symlink():
+        return []
+    if not final.is_dir() or final.is_symlink():
+        return [final.name]
+    names = sorted(p.name for p in final.iterdir())
+    if marker not in names:
+        return names
+    listed = None
+    if marker == MARKER:
+        try:
+            listed = json.loads((final / marker).read_text()).get("entries")
+        except (OSError, ValueError, AttributeError):
+            listed = None
+    if not isinstance(listed, list):
+        return []  # a marker from before entries were recorded: the folder is ours
+    return [n for n in names if n != marker and n not in listed]
+
+
+def check_replaceable(final: Path, *, force: bool = False, marker: str = MARKER) -> None:
+    """Raise ForeignOutputError when replacing `final` would delete files the launcher did not write."""
+    foreign = [] if force else foreign_entries(final, marker)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ForeignOutputError(
+            f"{final} holds files the launcher did not write ({shown}); publishing there would delete them. "
+            f"Fix: point the setting at an empty or new folder, or set force=true to replace the folder."
+        )
 
 
 def _rmtree(path: Path) -> None:
@@ -98,14 +152,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def swap_in(work: Path, final: Path) -> None:
-    """Move a finished `work` folder (or file) to `final`; a previous `final` is removed only after the swap."""
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block ends (they are delivered right after it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def swap_in(work: Path, final: Path, *, force: bool = False, marker: str = MARKER) -> None:
+    """Move a finished `work` folder (or file) to `final`; a previous `final` is removed only after the swap.
+    A previous `final` holding files the launcher did not write is refused unless `force` (check_replaceable)."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(final, force=force, marker=marker)
     old = None
-    if final.exists():
-        old = sibling(final, "old")
-        os.replace(final, old)
-    os.replace(work, final)
+    with _signals_held():
+        if final.exists():
+            old = sibling(final, "old")
+            os.replace(final, old)
+        os.replace(work, final)
     if old is not None:
         _rmtree(old)
 
@@ -120,9 +190,11 @@ def remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def publishing(final: Path) -> Iterator[Path]:
+def publishing(final: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary sibling of `final` to fill; published by `swap_in` when the body returns,
-    removed when it raises (or is interrupted)."""
+    removed when it raises (or is interrupted). Refuses up front (ForeignOutputError, nothing written) when
+    `final` holds files the launcher did not write, unless `force`."""
+    check_replaceable(final, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
     work = sibling(final)
@@ -133,7 +205,11 @@ def publishing(final: Path) -> Iterator[Path]:
     except BaseException:
         _rmtree(work)
         raise
-    swap_in(work, final)
+    try:
+        swap_in(work, final, force=force)
+    except BaseException:
+        _rmtree(work)
+        raise
 
 
 def write_text(path: Path, text: str, *, fsync: bool = False) -> None:

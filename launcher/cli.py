@@ -19,7 +19,7 @@ Usage:
   python -m launcher [+model=NAME] [group=option ...] [key=value ...] [dry_run=true]
   python -m launcher -m key=a,b ...          sweep (one run folder per point)
   python -m launcher --cfg job [overrides]   print the composed config and exit
-  python -m launcher status [RUN]            stages of a run (RUN = run folder; default: the latest run)
+  python -m launcher status [RUN]            stages of a run (RUN = run folder; default: your latest run)
   python -m launcher cancel RUN              stop a run's running stage (training checkpoints first)
 
 Examples:
@@ -142,8 +142,14 @@ def run_all(composed: list[Composed], multirun: bool) -> int:
         found = validate(c)
         problems += [f"{_label(c.overrides, multirun)}{p}" for p in found]
         if not found:
-            plans.append(make_plan(c, run_dir))
+            plan = make_plan(c, run_dir)
+            plans.append(plan)
+            # What is on disk forbids this plan (files the launcher did not write, a run made with another config).
+            problems += [f"{_label(c.overrides, multirun)}{p}" for p in plan.refusals]
     if problems:
+        for plan in plans:
+            if plan.refusals and plan.cfg.dry_run:
+                print(plan.render(with_scripts=False))
         return _fail(problems)
     rc = 0
     for plan in plans:
@@ -175,6 +181,13 @@ def _execute(plan) -> int:
     from launcher.runfolder import create_run_folder, print_summary
 
     create_run_folder(plan)
+    train = next((sp for sp in plan.stages if sp.stage.value == "train" and sp.run), None)
+    if plan.cfg.force and train is not None:
+        from launcher.reuse import restart_training
+
+        export_runs = any(sp.stage.value == "export" and sp.run for sp in plan.stages)
+        for path in restart_training(plan.cfg, plan.run_dir, export_runs=export_runs):
+            print(f"[train] force=true: removed {path}", flush=True)
     rc = get_executor(plan.cfg.cluster.executor).submit(plan)
     print_summary(plan, rc)
     return rc

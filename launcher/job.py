@@ -3,12 +3,18 @@
 It loads the run's resolved config, skips a stage whose output is complete for this config, gives the stage a
 temporary folder and publishes it with its marker (core/publish.py) only after the stage returned, so a killed
 job never leaves a half-written output where a complete one is expected. The same code runs locally and in Slurm.
+
+Ctrl-C (SIGINT) and SIGTERM stop every stage but training (which checkpoints on its own, train/signals.py) by
+raising StageInterrupted where the stage is: its temporary output is removed on the way out (encode workers
+are terminated by their pool), the status records `interrupted` with the time and the signal, and the exit
+code is 128 + the signal (130 / 143).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -17,13 +23,33 @@ from typing import Any
 
 from core import publish
 from core.config import JobConfig
-from core.marker import is_complete, now, write_marker
+from core.marker import is_complete, now, record_inputs, write_marker
 from core.paths import final_dir
 from core.stages import SPECS, Stage, StageContext, StageFn
 
 # Exit codes: 2 = bad user input (one paragraph, no traceback); the training loop uses its own code when it
 # stopped early on a signal so a requeue resumes it.
 EXIT_USER_ERROR = 2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """Raised in a stage by SIGINT or SIGTERM (a KeyboardInterrupt, so libraries treat it as Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    for sig in STOP_SIGNALS:  # the clean-up on the way out must not be interrupted in turn
+        signal.signal(sig, signal.SIG_IGN)
+    raise StageInterrupted(signum)
+
+
+def install_interrupt_handlers() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_interrupted)
 
 
 def load_config(run_dir: Path) -> JobConfig:
@@ -85,8 +111,10 @@ def run_job(run_dir: Path, stage: Stage, cfg: JobConfig | None = None) -> dict[s
             error=None,
         )
     fn = entrypoint(stage)
+    if stage == Stage.train:
+        _check_resume(cfg, run_dir, final, lead)
     if spec.atomic:
-        with publish.publishing(final) as work:
+        with publish.publishing(final, force=cfg.force) as work:
             summary = fn(cfg, StageContext(stage=stage, run_dir=run_dir, work_dir=work, final_dir=final)) or {}
             write_marker(work, stage, cfg, summary)
         state = "completed"
@@ -102,12 +130,28 @@ def run_job(run_dir: Path, stage: Stage, cfg: JobConfig | None = None) -> dict[s
     return summary
 
 
+def _check_resume(cfg: JobConfig, run_dir: Path, final: Path, lead: bool) -> None:
+    """The plan's refusal, once more where the job starts (a job run by hand, or a config edited since);
+    then record the config these checkpoints are being made from (with the history of changes)."""
+    from checkpoint.steps import latest, step_of
+    from launcher.reuse import train_refusal
+
+    refusal, _ = train_refusal(cfg, run_dir)
+    if refusal:
+        raise ValueError(refusal)
+    if lead:
+        last = latest(final)
+        record_inputs(final, Stage.train, cfg, at_step=step_of(last) if last else None)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m launcher.job RUN_DIR STAGE", file=sys.stderr)
         return EXIT_USER_ERROR
     run_dir, stage = Path(argv[0]), Stage(argv[1])
     lead = int(os.environ.get("RANK", "0")) == 0
+    if stage != Stage.train:
+        install_interrupt_handlers()
     try:
         run_job(run_dir, stage)
     except ValueError as exc:
@@ -116,9 +160,13 @@ def main(argv: list[str]) -> int:
         if lead:
             write_status(run_dir, stage, state="failed", ended=now(), error=str(exc))
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        write_status(run_dir, stage, state="cancelled", ended=now())
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"\n[{stage.value}] interrupted by {name}; its temporary output was removed", file=sys.stderr, flush=True)
+        if lead:
+            write_status(run_dir, stage, state="interrupted", ended=now(), signal=name, exit_code=128 + signum)
+        return 128 + signum
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         if code and lead:

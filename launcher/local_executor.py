@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.marker import now
 from launcher.job import status_path, write_status
 from launcher.plan import Plan, StagePlan
 
@@ -29,6 +30,10 @@ def _tee(proc: subprocess.Popen, log: Path) -> None:
 
 
 class LocalExecutor:
+    def __init__(self) -> None:
+        # The signal the launcher itself received (Ctrl-C, SIGTERM): the run stops after the current stage.
+        self.signal: int | None = None
+
     def submit(self, plan: Plan) -> int:
         for sp in plan.stages:
             if not sp.run:
@@ -36,6 +41,8 @@ class LocalExecutor:
                 write_status(plan.run_dir, sp.stage, state="skipped", reason=sp.reason)
                 continue
             rc = self._run(plan, sp)
+            if self.signal is not None:
+                return 128 + self.signal
             if rc != 0:
                 return rc
             if _state(plan.run_dir, sp) == "stopped":
@@ -60,25 +67,35 @@ class LocalExecutor:
             sp.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         write_status(plan.run_dir, sp.stage, executor="local", pgid=proc.pid, log=str(log))
+
         # A SIGTERM to the launcher (or Ctrl-C) is passed on to the stage's process group as SIGTERM, so the
-        # training loop checkpoints and exits instead of being orphaned; we keep relaying its output meanwhile.
-        previous = signal.signal(signal.SIGTERM, lambda *_: _forward(proc))
+        # training loop checkpoints and other stages remove their temporary output, instead of being orphaned;
+        # we keep relaying its output meanwhile, and the run stops after this stage.
+        def stop(signum: int, frame: object = None) -> None:
+            self.signal = self.signal or signum
+            _forward(proc)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            try:
-                _tee(proc, log)
-            except KeyboardInterrupt:
-                _forward(proc)
-                _tee(proc, log)
+            _tee(proc, log)
             rc = proc.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         took = time.monotonic() - start
+        if rc < 0:  # killed by a signal: report it as a shell would (128 + n), never a negative exit code
+            rc = 128 - rc
         if rc != 0:
             state = _state(plan.run_dir, sp)
             if state == "running":  # died before it could record an outcome (killed, crashed interpreter)
                 state = "failed"
-                write_status(plan.run_dir, sp.stage, state=state, exit_code=rc)
+                error = f"the stage process ended with exit code {rc}"
+                if rc > 128 and rc - 128 in signal.valid_signals():
+                    error += f" (killed by {signal.Signals(rc - 128).name})"
+                write_status(plan.run_dir, sp.stage, state=state, exit_code=rc, ended=now(), error=error)
             print(f"[{sp.stage.value}] {state} (exit code {rc}) after {took:.1f} s; log: {log}", flush=True)
+        elif self.signal is not None:
+            print(f"[{sp.stage.value}] finished while stopping ({signal.Signals(self.signal).name})", flush=True)
         else:
             print(f"[{sp.stage.value}] done in {took:.1f} s", flush=True)
         return rc

@@ -9,12 +9,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from checkpoint.steps import latest as latest_step
 from core import nxd_args, paths
 from core.arithmetic import Derived, derive
 from core.config import ExecutorKind, JobConfig
 from core.fingerprint import as_plain
 from core.marker import is_complete
 from core.stages import SPECS, Stage, selected
+from launcher import reuse
 from launcher.compose import Composed
 from launcher.nxd_env import nxd_env
 from train.config import Backend
@@ -37,6 +39,8 @@ class StagePlan:
     env: dict[str, str] = field(default_factory=dict)
     # NxD's own flags for this stage (converter / trainer), from launcher/nxd_args.py; empty on the torch backend.
     nxd_args: list[str] = field(default_factory=list)
+    # Why this stage must not run as configured (one paragraph with the fix); the plan is then refused.
+    refusal: str = ""
 
 
 @dataclass
@@ -49,6 +53,10 @@ class Plan:
     @property
     def cfg(self) -> JobConfig:
         return self.composed.cfg
+
+    @property
+    def refusals(self) -> list[str]:
+        return [sp.refusal for sp in self.stages if sp.refusal]
 
     def render(self, with_scripts: bool = True) -> str:
         cfg, ch = self.cfg, self.composed.choices
@@ -75,7 +83,7 @@ class Plan:
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
         lines += ["", "Stages"]
         for i, sp in enumerate(self.stages, 1):
-            state = "run " if sp.run else "skip"
+            state = "REFUSED" if sp.refusal else "run " if sp.run else "skip"
             after = f" after {','.join(s.value for s in sp.after)}" if sp.after else ""
             where = f"{sp.nodes} node{'s' if sp.nodes > 1 else ''} x {sp.processes_per_node} proc"
             lines.append(f"  {i}. {sp.stage.value:<8} {state}  {where}{after}  ({sp.reason})")
@@ -187,8 +195,27 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
             done, why = False, "force=true"
         run = not done
         reason = "will run: " + why if run else "skipped: " + why
-        if stage == Stage.train and not done and (run_dir / "checkpoints").exists():
-            reason = "will run: resumes from its latest complete checkpoint"
+        refusal = ""
+        if run and spec.atomic:
+            refusal, foreign = reuse.foreign_refusal(stage, cfg, run_dir)
+            if foreign and not refusal:
+                reason += f" (replaces files the launcher did not write: {', '.join(foreign[:5])})"
+        if run and stage == Stage.train:
+            written = reuse.trainer_written(paths.final_dir(stage, cfg, run_dir))
+            if cfg.force:
+                reason = "will run: force=true: starts training again from step 0" + (
+                    f" (first removes the trainer's {', '.join(p.name for p in written)}; other files stay)"
+                    if written
+                    else ""
+                )
+            else:
+                refusal, changed = reuse.train_refusal(cfg, run_dir)
+                if changed:
+                    reason = changed
+                elif latest_step(paths.final_dir(stage, cfg, run_dir)):
+                    reason = "will run: resumes from its latest complete checkpoint"
+        if refusal:
+            reason = "refused: see the error below"
         after = [s for s in spec.needs if s in chosen]
         nodes, procs = _resources(cfg, d, stage)
         command = job_command(cfg, stage, run_dir, procs, nodes)
@@ -209,6 +236,7 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
                 sbatch,
                 env,
                 _nxd_args(cfg, d, stage, run_dir),
+                refusal,
             )
         )
     return Plan(composed, d, run_dir, out)

@@ -7,15 +7,46 @@ import json
 import os
 from pathlib import Path
 
+from core import publish
 from core.paths import data_dir
 from launcher.plan import Plan, plan_json
 
-LAST_RUN = "last_run"
+
+def user() -> str:
+    import getpass
+    import re
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return re.sub(r"[^\w.-]+", "_", name) or "user"
 
 
-def last_run_pointer() -> Path:
-    root = os.environ.get("TRAINIUM_LAUNCHER_CACHE") or os.path.expanduser("~/.cache/trainium-launcher")
-    return Path(root) / LAST_RUN
+def latest_pointer(runs_dir: Path) -> Path:
+    """`<runs_dir>/.latest-<user>`: this user's latest run under this runs folder (one per user, so users
+    sharing a runs folder on /fsx never see each other's runs as theirs)."""
+    return runs_dir / f".latest-{user()}"
+
+
+def latest_run(runs_dir: Path) -> Path | None:
+    """This user's latest run folder under `runs_dir`: the pointer, else the newest run.json there that this
+    user made (up to three levels down: <name>/, <name>/multirun/<point>/)."""
+    try:
+        target = Path(latest_pointer(runs_dir).read_text().strip())
+        if (target / "run.json").is_file():
+            return target
+    except OSError:
+        pass
+    mine = []
+    for depth in ("*", "*/*", "*/*/*"):
+        for meta in runs_dir.glob(f"{depth}/run.json"):
+            try:
+                if meta.stat().st_uid == os.getuid():
+                    mine.append((meta.stat().st_mtime, meta.parent))
+            except OSError:
+                continue
+    return max(mine)[1] if mine else None
 
 
 def create_run_folder(plan: Plan) -> None:
@@ -28,12 +59,13 @@ def create_run_folder(plan: Plan) -> None:
     (run_dir / "plan.txt").write_text(plan.render() + "\n")
     meta = plan_json(plan) | {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "user": user(),
         "executor": plan.cfg.cluster.executor.value,
     }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
-    pointer = last_run_pointer()
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(run_dir.resolve()))
+    runs_dir = Path(os.path.expanduser(plan.cfg.cluster.runs_dir))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    publish.write_text(latest_pointer(runs_dir), str(run_dir.resolve()))
 
 
 def read_status(run_dir: Path, stage: str) -> dict:

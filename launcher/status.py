@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from launcher.runfolder import last_run_pointer, read_status
+from launcher.runfolder import latest_run, read_status
 
 EXIT_USER_ERROR = 2
 
@@ -22,22 +22,34 @@ def _alive(pgid: int) -> bool:
     return True
 
 
-def _resolve(arg: str | None) -> Path:
-    if arg:
-        path = Path(arg).expanduser()
-        if not (path / "run.json").is_file():
+def _resolve(args: list[str]) -> Path:
+    """A run folder; a runs folder (its latest run of this user); or, with no argument or with overrides
+    (`cluster=hyperpod`), the latest run of this user under the composed config's cluster.runs_dir."""
+    if args and "=" not in args[0]:
+        path = Path(args[0]).expanduser()
+        if (path / "run.json").is_file():
+            return path
+        latest = latest_run(path) if path.is_dir() else None
+        if latest is None:
             raise ValueError(
-                f"{arg} is not a run folder (no run.json in it). Fix: pass the folder the launcher "
-                f"printed as 'run folder', e.g. runs/tiny-none-local."
+                f"{args[0]} is not a run folder (no run.json in it), nor a runs folder with a run of yours. "
+                f"Fix: pass the folder the launcher printed as 'run folder', e.g. runs/tiny-none-local."
             )
-        return path
-    pointer = last_run_pointer()
-    if not pointer.is_file():
+        return latest
+    from launcher.compose import ConfigError, compose
+
+    try:
+        runs_dir = Path(os.path.expanduser(compose(args).cfg.cluster.runs_dir))
+    except ConfigError as err:
+        raise ValueError(" ".join(err.problems)) from None
+    latest = latest_run(runs_dir)
+    if latest is None:
         raise ValueError(
-            f"there is no latest run yet ({pointer} does not exist). Fix: start a run with "
-            f"`python -m launcher`, or pass a run folder: python -m launcher status RUN."
+            f"there is no run of yours under {runs_dir} yet (cluster.runs_dir). Fix: start a run with "
+            f"`python -m launcher`, pass a run folder (python -m launcher status RUN), or the cluster whose "
+            f"runs folder to look in (python -m launcher status cluster=hyperpod)."
         )
-    return Path(pointer.read_text().strip())
+    return latest
 
 
 def stage_rows(run_dir: Path) -> list[dict]:
@@ -88,11 +100,11 @@ def cancel(run_dir: Path) -> int:
 def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd == "cancel" and len(rest) != 1:
+        if cmd == "cancel" and (len(rest) != 1 or "=" in rest[0]):
             raise ValueError("cancel needs the run folder: python -m launcher cancel RUN.")
-        if len(rest) > 1:
+        if len(rest) > 1 and not all("=" in a for a in rest):
             raise ValueError(f"{cmd} takes at most one run folder, got {' '.join(rest)}.")
-        run_dir = _resolve(rest[0] if rest else None)
+        run_dir = _resolve(rest)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

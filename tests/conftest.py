@@ -1,5 +1,9 @@
 """Shared fixtures. Every test that runs the launcher does so in a temporary working directory with its own
-cache folder, so nothing leaks between tests or into the checkout."""
+cache folder, so nothing leaks between tests or into the checkout.
+
+The whole session runs with HOME, the XDG folders, the Hugging Face folders and TRAINIUM_LAUNCHER_CACHE pointed
+at a session tmp folder, and in a tmp working directory (the default runs folder `runs` is relative to it):
+no test can write into the user's real cache or runs, whether or not it asks for `isolated`."""
 
 from __future__ import annotations
 
@@ -11,6 +15,34 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The user's real home and launcher cache, as they were before the session fixture moved them.
+REAL_HOME = Path(os.path.expanduser("~"))
+REAL_CACHE = Path(os.environ.get("TRAINIUM_LAUNCHER_CACHE") or REAL_HOME / ".cache" / "trainium-launcher")
+_HF_VARS = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory):
+    """HOME, XDG_*, HF_* and the launcher cache in a session tmp folder; cwd a tmp folder. Returns the home."""
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HOME", str(home))
+    for var, sub in (
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_STATE_HOME", ".local/state"),
+    ):
+        mp.setenv(var, str(home / sub))
+    for var in _HF_VARS:
+        mp.delenv(var, raising=False)
+    mp.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+    mp.setenv("TRAINIUM_LAUNCHER_CACHE", str(home / ".cache" / "trainium-launcher"))
+    work = home / "work"
+    work.mkdir()
+    mp.chdir(work)
+    yield home
+    mp.undo()
 
 
 @pytest.fixture

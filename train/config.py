@@ -71,3 +71,8 @@ class TrainerConfig:
     num_threads: int = 0
     # Seeded (trainer.seed, epoch), resumable shuffling of the training blocks; off, as in NxD's examples.
     shuffle: bool = False
+    # Continue the run folder's checkpoints although training-relevant settings changed since they were made
+    # (a new optim.lr, max_steps, corpus...: continued training). Without it such a rerun is refused with the
+    # differing keys. The model architecture and tp/pp/data-parallel mode can never change on resume. The
+    # checkpoints' marker keeps the history of changes. Not part of any fingerprint.
+    resume_changed: bool = False

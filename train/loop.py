@@ -45,6 +45,10 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
         meta = ckpt.load(resume, io=backend, layout=layout)
         step, consumed = int(meta["step"]), int(meta["consumed_samples"])
         backend.scheduler.load_state_dict(meta["scheduler"])
+        if t.resume_changed:  # continuing with changed settings: the config's, not the checkpoint's
+            from train.optim import apply_settings
+
+            apply_settings(backend.optimizer, backend.scheduler, cfg.optim)  # type: ignore[attr-defined]
     log = MetricLogger(Path(ctx.run_dir) / "tensorboard", enabled=lead, resume_step=step, max_steps=t.max_steps)
     log.info(
         f"resumed from {resume} (step {step}, {consumed:,} samples consumed)"

@@ -75,3 +75,21 @@ def build_scheduler(
             f"should decay. Set optim.min_lr to at most {base} (e.g. optim.min_lr={base / 10:g})."
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, ocfg, max_steps) / base)
+
+
+def apply_settings(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, ocfg: OptimConfig
+) -> None:
+    """After a checkpoint was loaded: use the config's optimizer settings instead of the ones the checkpoint
+    restored (its param groups carry lr, betas, eps, weight decay; the scheduler its base lr). Used when a run
+    continues with changed settings (trainer.resume_changed=true); the moments and the step count are kept."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["betas"] = (ocfg.beta1, ocfg.beta2)
+        group["eps"] = ocfg.eps
+        if i == 0:  # param_groups(): the decaying group first, the no-decay group keeps 0
+            group["weight_decay"] = ocfg.weight_decay
+        group["initial_lr"] = ocfg.lr
+    scheduler.base_lrs = [ocfg.lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = ocfg.lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
