@@ -67,7 +67,10 @@ class LocalExecutor:
             try:
                 _tee(proc, log)
             except KeyboardInterrupt:
-                _forward(proc)
+                # Ctrl-C reaches only the launcher (the stage runs in its own session): pass it on as what it
+                # is, so the stage reports SIGINT, not a SIGTERM nobody sent.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
                 _tee(proc, log)
             rc = proc.wait()
         finally:

@@ -95,7 +95,7 @@ class TorchBackend:
         )
         if not dist.is_initialized():
             if "MASTER_ADDR" in os.environ:
-                dist.init_process_group(self.pg_backend, timeout=timedelta(minutes=30))
+                dist.init_process_group(self.pg_backend, timeout=timedelta(seconds=t.collective_timeout_s))
             else:
                 # One process without torchrun: an in-memory store, no port to pick.
                 dist.init_process_group(self.pg_backend, store=dist.HashStore(), rank=0, world_size=1)
@@ -138,13 +138,16 @@ class TorchBackend:
         torch's DTensor-to-local transform re-installs the DTensors as plain attributes in every forward, so
         after it the TP shards are missing from named_parameters() and state_dict(); these references are
         the tensors DDP and the optimizer actually hold."""
-        out = dict(self.model.named_parameters())
+        from checkpoint.model_keys import model_key
+
+        # Keyed by the model's own names (no DDP `module.` prefix): checkpoints and export read them as such.
+        out = {model_key(k): v for k, v in self.model.named_parameters()}
         non_persistent = {
-            f"{m}.{b}" if m else b
+            model_key(f"{m}.{b}" if m else b)
             for m, mod in self.model.named_modules()
             for b in getattr(mod, "_non_persistent_buffers_set", ())
         }
-        out.update((k, v) for k, v in self.model.named_buffers() if k not in non_persistent)
+        out.update((model_key(k), v) for k, v in self.model.named_buffers() if model_key(k) not in non_persistent)
         return out
 
     def _replica_weights(self) -> list[tuple[torch.Tensor, float]]:
@@ -156,7 +159,7 @@ class TorchBackend:
             if not isinstance(p, nn.Parameter):
                 continue
             # A plain tensor smaller than the model's is a TP shard handed to DDP as a local tensor.
-            sharded = p.numel() < self.full_numel.get(name.removeprefix("module."), p.numel())
+            sharded = p.numel() < self.full_numel.get(name, p.numel())
             out.append((p, 1.0 / (self.dp_size if sharded else self.world_size)))
         return out
 
@@ -235,12 +238,23 @@ class TorchBackend:
 
     @torch.no_grad()
     def eval_loss(self, batches: list[torch.Tensor]) -> tuple[float, int]:
+        """Collective: mean next-token loss over every rank's held-out blocks, and how many blocks that is.
+
+        Ranks can hold different numbers of micro-batches (fewer held-out blocks than ranks, or a remainder):
+        every rank runs as many forwards as the busiest one (FSDP and TP forwards are collectives), the missing
+        ones on a padding batch of weight 0, and the mean is one weighted all-reduce."""
         self.model.eval()
+        mine = torch.tensor([len(batches)], device=self.device, dtype=torch.int64)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+        rounds = int(mine.item())
+        pad = batches[0][:1] if batches else torch.zeros(1, self.cfg.data.seq_len, dtype=torch.int64)
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for ids in batches:
-            ids = ids.to(self.device)
-            total[0] += self._forward_loss(ids).double() * ids.shape[0]
-            total[1] += ids.shape[0]
+        for i in range(rounds):
+            ids = (batches[i] if i < len(batches) else pad).to(self.device)
+            loss = self._forward_loss(ids).double()
+            if i < len(batches):
+                total[0] += loss * ids.shape[0]
+                total[1] += ids.shape[0]
         dist.all_reduce(total)
         loss_sum, count = total.tolist()
         # Every TP rank of a replica counted the same blocks: the ratio is unaffected, the count is not.
@@ -281,7 +295,9 @@ class TorchBackend:
     def load_shards(self, folder: Path) -> None:
         name = self._shard_name()
         model_file, optim_file = folder / "model" / name, folder / "optim" / name
-        saved = _load(model_file)
+        from checkpoint.model_keys import model_keys
+
+        saved = model_keys(_load(model_file))  # also the `module.`-prefixed files written before names were fixed
         current = self._tensors()
         if set(saved) != set(current):
             raise ValueError(
