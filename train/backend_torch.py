@@ -164,12 +164,12 @@ class TorchBackend:
         return out
 
     # -- steps ---------------------------------------------------------------------------------------------
-    def _forward_loss(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(self, ids: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         from model.llama3 import loss_fn
 
         ctx = torch.autocast(self.device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         with ctx:
-            logits = self.model(ids)
+            logits = (model or self.model)(ids)
         return loss_fn(logits, ids)
 
     def _sync_grads(self, enabled: bool):
@@ -243,7 +243,12 @@ class TorchBackend:
         Ranks can hold different numbers of micro-batches (fewer held-out blocks than ranks, or a remainder):
         every rank runs as many forwards as the busiest one (FSDP and TP forwards are collectives), the missing
         ones on a padding batch of weight 0, and the mean is one weighted all-reduce."""
+        from torch.nn.parallel import DistributedDataParallel
+
         self.model.eval()
+        # Not through DDP: its forward prepares a gradient reduction that a no-grad forward never finishes
+        # (the next training step then fails under DDP + TP). The module inside computes the same loss.
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         mine = torch.tensor([len(batches)], device=self.device, dtype=torch.int64)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
         rounds = int(mine.item())
@@ -251,15 +256,30 @@ class TorchBackend:
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         for i in range(rounds):
             ids = (batches[i] if i < len(batches) else pad).to(self.device)
-            loss = self._forward_loss(ids).double()
+            loss = self._forward_loss(ids, model).double()
             if i < len(batches):
                 total[0] += loss * ids.shape[0]
                 total[1] += ids.shape[0]
+        if model is not self.model:
+            self._reinstall_parameters(model)
         dist.all_reduce(total)
         loss_sum, count = total.tolist()
         # Every TP rank of a replica counted the same blocks: the ratio is unaffected, the count is not.
         blocks = round(count / self.derived.tensor_parallel)
         return (loss_sum / count if count else float("nan")), blocks
+
+    def _reinstall_parameters(self, module: nn.Module) -> None:
+        """Under DDP + TP, each forward leaves fresh Parameter objects on the module (torch's DTensor-to-local
+        hook); a no-grad forward's ones are cut off from the tensors DDP reduces and the optimizer steps, so
+        the next training step would fail. Put back the captured ones (same storage, same values)."""
+        for name, t in self._named.items():
+            if not isinstance(t, nn.Parameter):
+                continue
+            parent, _, attr = name.rpartition(".")
+            owner = module.get_submodule(parent) if parent else module
+            if getattr(owner, attr, None) is not t:
+                delattr(owner, attr)
+                setattr(owner, attr, t)
 
     # -- checkpoint files ----------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
