@@ -190,12 +190,28 @@ def test_validation_starts_before_step_one_and_the_summary_survives_zero_steps(p
     assert summ["val_loss_initial"] == pytest.approx(val[0][1], abs=1e-6)
     assert summ["val_loss"] == pytest.approx(val[-1][1], abs=1e-6)
     assert "validation loss" in proc.stdout and "loss 7.677430629730225" not in proc.stdout
-    # The docs' example after a finished run: nothing to do, 0 steps, a summary without losses.
+    # Nothing left to do (as the docs' `trainer.steps_this_run` example after a finished run): 0 steps, a
+    # summary without losses. Without its marker the stage runs again and resumes at max_steps.
+    from launcher.stages import MARKER
+
+    (run_dir / "checkpoints" / MARKER).unlink()
     proc = run_job(run_dir, cfg, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     zero = status(run_dir)["summary"]
     assert zero["steps"] == 0 and zero["loss_first"] is None
     assert zero["val_loss_initial"] == pytest.approx(summ["val_loss_initial"])  # carried by the checkpoint
+    _print_summary(run_dir, capsys)
+
+
+def _print_summary(run_dir: Path, capsys) -> None:
+    from launcher.compose import compose
+    from launcher.plan import make_plan
+    from launcher.runfolder import print_summary
+
+    plan = make_plan(compose([]), run_dir)
+    print_summary(plan, 0)
+    out = capsys.readouterr().out
+    assert "0 steps this run (at step 6 of 6)" in out, out
 
 
 def test_sigint_is_reported_as_sigint(prepared, tmp_path):  # noqa: F811
