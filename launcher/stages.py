@@ -188,7 +188,10 @@ def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:
         "data": fingerprint(Stage.data, cfg),
         "optim": c["optim"],
         "trainer": {
-            k: v for k, v in c["trainer"].items() if k not in ("steps_this_run", "num_threads", "log_interval")
+            k: v
+            for k, v in c["trainer"].items()
+            # How this process runs, not what it trains: no effect on the output.
+            if k not in ("steps_this_run", "num_threads", "log_interval", "collective_timeout_s", "stall_timeout_s")
         },
     }
     if stage == Stage.train:
