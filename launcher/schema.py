@@ -142,7 +142,7 @@ class DataConfig:
     # data=files: files or globs (.txt, .jsonl, .parquet). Quote globs with spaces on the command line.
     paths: list[str] = field(default_factory=list)
     text_field: str = "text"
-    # data=sample: use only the first N of its 302 documents (0: all); the tiny recipe uses 60, which it can fit.
+    # data=sample: use only the first N of its 302 documents (0: all, as the tiny recipe does).
     sample_documents: int = 0
     # data=hub: a `datasets` repo id with its config and a pinned revision.
     hub_dataset: str = ""

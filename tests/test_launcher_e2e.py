@@ -1,6 +1,7 @@
 """The embedded default end to end, as a new user runs it: `python -m launcher` with no arguments from a clean
-state trains the tiny Llama 3 until its validation loss is at most 0.7x the untrained one, then a second run reuses everything. Also: a SIGTERM to
-the launcher reaches the training process, which checkpoints and stops; the same command then continues."""
+state trains the tiny Llama 3 until its validation loss is at most 0.7x the untrained one, then a second run
+reuses everything. Also: a SIGTERM to the launcher reaches the training process, which checkpoints and stops;
+the same command then continues."""
 
 from __future__ import annotations
 

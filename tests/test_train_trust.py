@@ -229,3 +229,40 @@ def test_sigint_is_reported_as_sigint(prepared, tmp_path):  # noqa: F811
     out = log.read_text()
     assert rc == 75, out[-3000:]
     assert "received SIGINT (Ctrl-C)" in out and "stopped by SIGINT" in out and "SIGTERM" not in out, out[-3000:]
+
+
+QUICK = [  # a small model, so that steps take milliseconds
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=4",
+    "model.num_key_value_heads=2",
+    "trainer.max_steps=2000",
+    "trainer.global_batch_size=2",
+    "trainer.micro_batch_size=2",
+    "trainer.checkpoint_interval=0",
+    "trainer.log_interval=1",
+    "stages=[data,train]",
+]
+
+
+def test_ctrl_c_on_the_launcher_reaches_training_as_sigint(isolated):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", *QUICK],
+        cwd=isolated,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen, deadline = [], time.monotonic() + 300
+    for line in proc.stdout:
+        seen.append(line)
+        if "step    3/" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends the launcher
+    out = "".join(seen) + proc.stdout.read()
+    proc.wait(timeout=120)
+    assert "received SIGINT (Ctrl-C)" in out and "stopped by SIGINT" in out, out[-3000:]
+    assert "SIGTERM" not in out, out[-3000:]
