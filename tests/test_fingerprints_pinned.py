@@ -19,8 +19,8 @@ PINNED = {
         "data": "f80537fcace05b51",
         "convert": "9dd0b42b0ef7b4e0",
         "compile": "c2d7892cb2b3f230",
-        "train": "b2292560fd652fe1",
-        "export": "f1f4f492c23d2f69",
+        "train": "5c9e8bd9e54da9ee",
+        "export": "9dcddfa6e64ee544",
     },
     ("+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod"): {
         "download": "4123d86ecc33a165",

@@ -98,11 +98,11 @@ CASES = [
         ["trainer.max_steps=0", "trainer.max_steps=1000"],
     ),
     ("lr-zero", ["optim.lr=0", "dry_run=true"], ["optim.lr=0.0", "optim.lr=3e-4"]),
-    ("min-lr-above-lr", ["optim.min_lr=1", "dry_run=true"], ["optim.min_lr=1.0", "optim.min_lr=0.0006"]),
+    ("min-lr-above-lr", ["optim.min_lr=1", "dry_run=true"], ["optim.min_lr=1.0", "optim.min_lr=0.0004"]),
     (
         "warmup-longer-than-run",
         ["optim.warmup_steps=500", "dry_run=true"],
-        ["optim.warmup_steps=500", "trainer.max_steps (250)", "optim.warmup_steps=25"],
+        ["optim.warmup_steps=500", "trainer.max_steps (250)", "optim.warmup_steps=20"],
     ),
     (
         "steps-this-run-zero",
