@@ -49,9 +49,18 @@ def merge_torch_shards(step: Path, model_cfg: ModelConfig) -> dict[str, Any]:
             f"The checkpoint {step} lacks model shards {missing[:4]} for its dp {dp} x tp {tp} "
             "layout; it is incomplete: export an older step_N or rerun training."
         )
-    sds = {k: torch.load(f, map_location="cpu", weights_only=True, mmap=True) for k, f in files.items()}
+    from checkpoint.model_keys import model_keys
+
+    # model_keys: checkpoints written before the names were fixed carry DDP's `module.` prefix.
+    sds = {k: model_keys(torch.load(f, map_location="cpu", weights_only=True, mmap=True)) for k, f in files.items()}
     out: dict[str, Any] = {}
     for key, shape in full_shapes.items():
+        absent = [str(f) for k, f in files.items() if key not in sds[k]]
+        if absent:
+            raise ValueError(
+                f"The checkpoint {step} has no tensor {key} in {absent[:2]}: it was not written by this model "
+                "config's training (export the run it belongs to, or rerun training)."
+            )
         locals_ = [
             torch.cat([sds[(d, t)][key] for d in range(shards_dp)], 0) if shards_dp > 1 else sds[(0, t)][key]
             for t in range(tp)

@@ -39,7 +39,15 @@ def digest(value: Any) -> str:
 
 LAYOUT_KEYS = ("tensor_parallel_degree", "pipeline_parallel_degree", "kv_size_multiplier", "qkv_linear", "fuse_qkv")
 # Trainer settings that do not change what training computes (resume_changed only allows a rerun to continue).
-TRAIN_NEUTRAL = ("steps_this_run", "num_threads", "log_interval", "resume_changed")
+# How this process runs, not what it trains: no effect on the output.
+TRAIN_NEUTRAL = (
+    "steps_this_run",
+    "num_threads",
+    "log_interval",
+    "resume_changed",
+    "collective_timeout_s",
+    "stall_timeout_s",
+)
 
 
 def fingerprint_inputs(stage: Stage, cfg: JobConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     # The jsonl field / parquet column that holds the text.
     text_field: str = "text"
-    # data=sample: use only the first N of its 302 documents (0 = all); the tiny recipe uses 60, which it can fit.
+    # data=sample: use only the first N of its 302 documents (0 = all, as the tiny recipe does).
     sample_documents: int = 0
     # data=hub: a `datasets` repo id with its config and a pinned revision.
     hub_dataset: str = ""

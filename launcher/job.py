@@ -25,6 +25,7 @@ from core import publish
 from core.config import JobConfig
 from core.marker import is_complete, now, record_inputs, write_marker
 from core.paths import final_dir
+from core.stage_status import write_status
 from core.stages import SPECS, Stage, StageContext, StageFn
 
 # Exit codes: 2 = bad user input (one paragraph, no traceback); the training loop uses its own code when it
@@ -62,23 +63,6 @@ def load_config(run_dir: Path) -> JobConfig:
     cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.load(run_dir / "config.yaml")))
     assert isinstance(cfg, JobConfig)
     return cfg
-
-
-def status_path(run_dir: Path, stage: Stage) -> Path:
-    return run_dir / "stages" / stage.value / "status.json"
-
-
-def write_status(run_dir: Path, stage: Stage, **fields: Any) -> None:
-    import json
-
-    path = status_path(run_dir, stage)
-    old: dict[str, Any] = {}
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
-    old.update(fields)
-    publish.write_json(path, old)
 
 
 def entrypoint(stage: Stage) -> StageFn:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from core.marker import now
-from launcher.job import status_path, write_status
+from core.stage_status import status_path, write_status
 from launcher.plan import Plan, StagePlan
 
 
@@ -77,7 +77,14 @@ class LocalExecutor:
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            _tee(proc, log)
+            try:
+                _tee(proc, log)
+            except KeyboardInterrupt:
+                # Ctrl-C reaches only the launcher (the stage runs in its own session): pass it on as what it
+                # is, so the stage reports SIGINT, not a SIGTERM nobody sent.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+                _tee(proc, log)
             rc = proc.wait()
         finally:
             for sig, handler in previous.items():

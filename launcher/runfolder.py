@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core import publish
 from core.paths import data_dir
+from core.stage_status import read_status
 from launcher.plan import Plan, plan_json
 
 
@@ -68,31 +69,51 @@ def create_run_folder(plan: Plan) -> None:
     publish.write_text(latest_pointer(runs_dir), str(run_dir.resolve()))
 
 
-def read_status(run_dir: Path, stage: str) -> dict:
-    try:
-        return json.loads((run_dir / "stages" / stage / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def print_summary(plan: Plan, rc: int) -> None:
+    def num(value, spec: str = ".3f") -> str | None:
+        # Summaries come from status files: any field can be missing, None, NaN or of another type.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return None
+        return format(value, spec)
+
     lines = ["", "Summary" + ("" if rc == 0 else f" (stopped: exit code {rc})")]
+    planned = {sp.stage.value for sp in plan.stages}
     for sp in plan.stages:
         s = read_status(plan.run_dir, sp.stage.value)
         state = s.get("state", "not run")
         lines.append(f"  {sp.stage.value:<8} {state:<10} {sp.output}")
         summ = s.get("summary") or {}
-        if sp.stage.value == "train" and summ and "loss_first" in summ:
-            lines.append(
-                f"           loss {summ['loss_first']:.3f} -> {summ['loss_last']:.3f} over {summ.get('steps')} steps, "
-                f"{summ.get('tokens_per_s', 0):,.0f} tokens/s"
-                + (f", resumed from {summ['resumed_from']}" if summ.get("resumed_from") else "")
-            )
-    lines += [
-        f"  run folder:   {plan.run_dir}",
-        f"  checkpoints:  {plan.run_dir / 'checkpoints'}",
-        f"  tensorboard:  tensorboard --logdir {plan.run_dir / 'tensorboard'}",
-        f"  dataset:      {data_dir(plan.cfg)}",
-        f"  status later: python -m launcher status {plan.run_dir}",
-    ]
+        if sp.stage.value != "train" or not isinstance(summ, dict) or not summ:
+            continue
+        parts = []
+        first, last, steps = num(summ.get("loss_first")), num(summ.get("loss_last")), summ.get("steps")
+        if first and last:
+            parts.append(f"loss {first} -> {last} over {steps} steps")
+        elif isinstance(steps, int):
+            step, max_steps = summ.get("step"), summ.get("max_steps")
+            at = f" (at step {step} of {max_steps})" if step is not None and max_steps is not None else ""
+            parts.append(f"{steps} steps this run{at}")
+        v0, v1 = num(summ.get("val_loss_initial")), num(summ.get("val_loss"))
+        if v1:
+            parts.append(f"validation loss {v0} -> {v1}" if v0 else f"validation loss {v1}")
+        tps = num(summ.get("tokens_per_s"), ",.0f")
+        if tps:
+            parts.append(f"{tps} tokens/s")
+        if summ.get("resumed_from"):
+            parts.append(f"resumed from {summ['resumed_from']}")
+        if parts:
+            lines.append("           " + ", ".join(parts))
+    lines.append(f"  run folder:   {plan.run_dir}")
+    if "train" in planned:
+        lines.append(f"  checkpoints:  {plan.run_dir / 'checkpoints'}")
+        lines.append(f"  tensorboard:  tensorboard --logdir {_quote(plan.run_dir / 'tensorboard')}")
+    if "data" in planned or "train" in planned:
+        lines.append(f"  dataset:      {data_dir(plan.cfg)}")
+    lines.append(f"  status later: python -m launcher status {_quote(plan.run_dir)}")
     print("\n".join(lines), flush=True)
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))

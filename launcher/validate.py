@@ -48,9 +48,32 @@ def _divisors(n: int, limit: int = 64) -> list[int]:
 
 def validate(composed: Composed) -> list[str]:
     cfg = composed.cfg
-    d = derive(cfg)
     problems: list[Problem] = []
     add = problems.append
+    c = cfg.cluster
+    if c.executor == ExecutorKind.local and c.accelerator != Accelerator.cpu and Stage.train in selected(cfg):
+        # A local run trains on this machine: its accelerator must be here, and it says how many devices.
+        count, why = local_devices(c.accelerator)
+        if count == 0:
+            add(
+                Problem(
+                    "cluster.accelerator",
+                    c.accelerator,
+                    f"a local run trains on this machine, which has no usable {c.accelerator.value} device: {why}.",
+                    "set cluster.accelerator=cpu to train on this machine's CPU, run on a machine with the "
+                    "device, or plan it for a cluster (cluster=slurm ... dry_run=true).",
+                )
+            )
+        elif count > 0 and c.devices_per_node == 0:
+            c.devices_per_node = count  # the machine's count, recorded in config.yaml for every stage
+    d = derive(cfg)
+    if problems:
+        # No device here: check the rest against the plan's own process count, not a guessed 8 per node.
+        from dataclasses import replace
+
+        p = cfg.parallel
+        ranks = p.tensor_parallel_degree * p.pipeline_parallel_degree * max(p.data_parallel_degree, 1)
+        d = derive(replace(cfg, cluster=replace(c, devices_per_node=max(ranks, 1))))
     m, p, t, o, c, data = cfg.model, cfg.parallel, cfg.trainer, cfg.optim, cfg.cluster, cfg.data
     tp, pp = p.tensor_parallel_degree, p.pipeline_parallel_degree
 
@@ -491,6 +514,44 @@ def validate(composed: Composed) -> list[str]:
             )
         )
     return [pr.render(composed) for pr in problems]
+
+
+def local_devices(accelerator: Accelerator) -> tuple[int, str]:
+    """(devices of this kind on this machine, how that was found); -1 = present, count from the accelerator's
+    table. Never imports torch in this process: CUDA is asked of torch in a short subprocess, and only when a
+    driver is there at all (no nvidia-smi and no /dev/nvidia* device means no GPU, without starting anything)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if accelerator == Accelerator.cuda:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and visible.strip() in ("", "-1"):
+            return 0, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+        smi, nodes = shutil.which("nvidia-smi"), glob.glob("/dev/nvidia[0-9]*")
+        if not smi and not nodes:
+            return 0, "there is no NVIDIA driver (no nvidia-smi on PATH, no /dev/nvidia* device)"
+        code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0, torch.version.cuda)"
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 0, f"asking torch for its GPUs failed ({exc})"
+        try:
+            count_text, cuda_version = r.stdout.split()[-2:]
+            count = int(count_text)
+        except ValueError:
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return 0, f"torch in {sys.executable} could not be asked for its GPUs ({tail})"
+        if cuda_version == "None":
+            return 0, f"the torch of {sys.executable} is a CPU-only build"
+        if count == 0:
+            return 0, f"torch finds no usable GPU ({len(nodes)} /dev/nvidia* device file(s); check the driver)"
+        return count, f"{count} GPU(s) visible to torch"
+    if accelerator in (Accelerator.trn1, Accelerator.trn2):
+        if not glob.glob("/dev/neuron[0-9]*"):
+            return 0, "there is no Neuron device (no /dev/neuron*)"
+        return -1, "Neuron devices present"
+    return -1, ""
 
 
 def _check_tokenizer(cfg, add) -> None:

@@ -63,7 +63,7 @@ def part(module: str) -> str | None:
     for c in CONFIGS:
         if module == c:
             return c
-    if module.startswith((f"{top}.stage_",)):
+    if top != "core" and module.startswith(f"{top}.stage_"):
         return f"{top}.stage"
     return top
 

@@ -12,13 +12,15 @@ from core.stages import Stage
 from launcher.compose import compose
 
 PINNED = {
+    # The default's data/train/export changed deliberately with the tiny recipe of issue 10 (all 302
+    # sample documents, 5% held out, 250 steps): a default run made before it is rebuilt.
     (): {
         "download": "a8a5591d8b6b19b1",
-        "data": "b2157ebeddfd0fee",
+        "data": "f80537fcace05b51",
         "convert": "9dd0b42b0ef7b4e0",
         "compile": "c2d7892cb2b3f230",
-        "train": "e34befeccb56fbb2",
-        "export": "3447b96b0f35b79c",
+        "train": "5c9e8bd9e54da9ee",
+        "export": "9dcddfa6e64ee544",
     },
     ("+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod"): {
         "download": "4123d86ecc33a165",

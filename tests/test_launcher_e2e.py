@@ -1,6 +1,7 @@
 """The embedded default end to end, as a new user runs it: `python -m launcher` with no arguments from a clean
-state trains the tiny Llama 3 until its loss has halved, then a second run reuses everything. Also: a SIGTERM to
-the launcher reaches the training process, which checkpoints and stops; the same command then continues."""
+state trains the tiny Llama 3 until its validation loss is at most 0.7x the untrained one, then a second run
+reuses everything. Also: a SIGTERM to the launcher reaches the training process, which checkpoints and stops;
+the same command then continues."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def test_default_run_end_to_end_then_rerun_skips(isolated, tmp_path):
         assert _status(run_dir, stage)["state"] == "completed", stage
     summary = _status(run_dir, "train")["summary"]
     assert summary["completed"] and summary["steps"] == summary["max_steps"] >= 200
-    # The issue's bar: the training loss falls to at most half of where it started.
-    assert summary["loss_last"] <= summary["loss_first"] / 2, summary
+    # The issue's bar: the model learns rather than memorises: the validation loss (held-out text) ends at
+    # most 0.7x the untrained model's, measured before the first step; the training loss falls too.
+    assert summary["val_loss_initial"] and summary["val_loss"] <= 0.7 * summary["val_loss_initial"], summary
+    assert summary["loss_last"] < summary["loss_first"], summary
     last = run_dir / "checkpoints" / f"step_{summary['max_steps']}"
     assert (last / "COMPLETE").is_file() and any((last / "model").iterdir())
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -46,7 +49,7 @@ def test_default_run_end_to_end_then_rerun_skips(isolated, tmp_path):
     assert len(tok_dirs) == 1
     tok = AutoTokenizer.from_pretrained(str(tok_dirs[0]))
     assert tok("Hello world")["input_ids"][0] == tok.bos_token_id
-    for words in ("loss", "tokens/s", "checkpoints", "tensorboard"):
+    for words in ("loss", "validation loss", "tokens/s", "checkpoints", "tensorboard"):
         assert words in first.stdout, words
 
     again = run_cli([], cwd=isolated, timeout=300)

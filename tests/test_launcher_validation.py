@@ -102,7 +102,7 @@ CASES = [
     (
         "warmup-longer-than-run",
         ["optim.warmup_steps=500", "dry_run=true"],
-        ["optim.warmup_steps=500", "trainer.max_steps (200)", "optim.warmup_steps=20"],
+        ["optim.warmup_steps=500", "trainer.max_steps (250)", "optim.warmup_steps=25"],
     ),
     (
         "steps-this-run-zero",

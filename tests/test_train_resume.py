@@ -54,9 +54,9 @@ def test_uninterrupted_run_learns_and_logs_every_step(reference):
     tb_dir = reference["run_dir"] / "tensorboard"
     for tag in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/step_time_s"):
         assert [s for s, _ in tb_scalars(tb_dir, tag)] == list(range(1, 21)), tag
-    # Validation on the held-out split every trainer.eval_interval=10 steps.
-    assert [s for s, _ in tb_scalars(tb_dir, "val/loss")] == [10, 20]
-    assert len(re.findall(r"^\[train\] step (10|20) \| validation loss [0-9.]+", reference["stdout"], re.M)) == 2
+    # Validation on the held-out split before the first step, then every trainer.eval_interval=10 steps.
+    assert [s for s, _ in tb_scalars(tb_dir, "val/loss")] == [0, 10, 20]
+    assert len(re.findall(r"^\[train\] step (0|10|20) \| validation loss [0-9.]+", reference["stdout"], re.M)) == 3
     summary = status(reference["run_dir"])["summary"]
     assert summary["completed"] and summary["steps"] == 20 and summary["resumed_from"] is None
     assert summary["loss_first"] == pytest.approx(steps[1], abs=1e-4)

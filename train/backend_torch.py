@@ -98,7 +98,7 @@ class TorchBackend:
         )
         if not dist.is_initialized():
             if "MASTER_ADDR" in os.environ:
-                dist.init_process_group(self.pg_backend, timeout=timedelta(minutes=30))
+                dist.init_process_group(self.pg_backend, timeout=timedelta(seconds=t.collective_timeout_s))
             else:
                 # One process without torchrun: an in-memory store, no port to pick.
                 dist.init_process_group(self.pg_backend, store=dist.HashStore(), rank=0, world_size=1)
@@ -143,13 +143,16 @@ class TorchBackend:
         torch's DTensor-to-local transform re-installs the DTensors as plain attributes in every forward, so
         after it the TP shards are missing from named_parameters() and state_dict(); these references are
         the tensors DDP and the optimizer actually hold."""
-        out = dict(self.model.named_parameters())
+        from checkpoint.model_keys import model_key
+
+        # Keyed by the model's own names (no DDP `module.` prefix): checkpoints and export read them as such.
+        out = {model_key(k): v for k, v in self.model.named_parameters()}
         non_persistent = {
-            f"{m}.{b}" if m else b
+            model_key(f"{m}.{b}" if m else b)
             for m, mod in self.model.named_modules()
             for b in getattr(mod, "_non_persistent_buffers_set", ())
         }
-        out.update((k, v) for k, v in self.model.named_buffers() if k not in non_persistent)
+        out.update((model_key(k), v) for k, v in self.model.named_buffers() if model_key(k) not in non_persistent)
         return out
 
     def _replica_weights(self) -> list[tuple[torch.Tensor, float]]:
@@ -161,17 +164,17 @@ class TorchBackend:
             if not isinstance(p, nn.Parameter):
                 continue
             # A plain tensor smaller than the model's is a TP shard handed to DDP as a local tensor.
-            sharded = p.numel() < self.full_numel.get(name.removeprefix("module."), p.numel())
+            sharded = p.numel() < self.full_numel.get(name, p.numel())
             out.append((p, 1.0 / (self.dp_size if sharded else self.world_size)))
         return out
 
     # -- steps ---------------------------------------------------------------------------------------------
-    def _forward_loss(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(self, ids: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         from model.llama3 import loss_fn
 
         ctx = torch.autocast(self.device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         with ctx:
-            logits = self.model(ids)
+            logits = (model or self.model)(ids)
         return loss_fn(logits, ids)
 
     def _sync_grads(self, enabled: bool):
@@ -240,17 +243,48 @@ class TorchBackend:
 
     @torch.no_grad()
     def eval_loss(self, batches: list[torch.Tensor]) -> tuple[float, int]:
+        """Collective: mean next-token loss over every rank's held-out blocks, and how many blocks that is.
+
+        Ranks can hold different numbers of micro-batches (fewer held-out blocks than ranks, or a remainder):
+        every rank runs as many forwards as the busiest one (FSDP and TP forwards are collectives), the missing
+        ones on a padding batch of weight 0, and the mean is one weighted all-reduce."""
+        from torch.nn.parallel import DistributedDataParallel
+
         self.model.eval()
+        # Not through DDP: its forward prepares a gradient reduction that a no-grad forward never finishes
+        # (the next training step then fails under DDP + TP). The module inside computes the same loss.
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        mine = torch.tensor([len(batches)], device=self.device, dtype=torch.int64)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+        rounds = int(mine.item())
+        pad = batches[0][:1] if batches else torch.zeros(1, self.cfg.data.seq_len, dtype=torch.int64)
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for ids in batches:
-            ids = ids.to(self.device)
-            total[0] += self._forward_loss(ids).double() * ids.shape[0]
-            total[1] += ids.shape[0]
+        for i in range(rounds):
+            ids = (batches[i] if i < len(batches) else pad).to(self.device)
+            loss = self._forward_loss(ids, model).double()
+            if i < len(batches):
+                total[0] += loss * ids.shape[0]
+                total[1] += ids.shape[0]
+        if model is not self.model:
+            self._reinstall_parameters(model)
         dist.all_reduce(total)
         loss_sum, count = total.tolist()
         # Every TP rank of a replica counted the same blocks: the ratio is unaffected, the count is not.
         blocks = round(count / self.derived.tensor_parallel)
         return (loss_sum / count if count else float("nan")), blocks
+
+    def _reinstall_parameters(self, module: nn.Module) -> None:
+        """Under DDP + TP, each forward leaves fresh Parameter objects on the module (torch's DTensor-to-local
+        hook); a no-grad forward's ones are cut off from the tensors DDP reduces and the optimizer steps, so
+        the next training step would fail. Put back the captured ones (same storage, same values)."""
+        for name, t in self._named.items():
+            if not isinstance(t, nn.Parameter):
+                continue
+            parent, _, attr = name.rpartition(".")
+            owner = module.get_submodule(parent) if parent else module
+            if getattr(owner, attr, None) is not t:
+                delattr(owner, attr)
+                setattr(owner, attr, t)
 
     # -- checkpoint files ----------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -285,7 +319,9 @@ class TorchBackend:
     def load_shards(self, folder: Path) -> None:
         name = self._shard_name()
         model_file, optim_file = folder / "model" / name, folder / "optim" / name
-        saved = _load(model_file)
+        from checkpoint.model_keys import model_keys
+
+        saved = model_keys(_load(model_file))  # also the `module.`-prefixed files written before names were fixed
         current = self._tensors()
         if set(saved) != set(current):
             raise ValueError(

@@ -71,6 +71,11 @@ class TrainerConfig:
     num_threads: int = 0
     # Seeded (trainer.seed, epoch), resumable shuffling of the training blocks; off, as in NxD's examples.
     shuffle: bool = False
+    # Process-group timeout (seconds): a collective that some rank never joins raises after this long.
+    collective_timeout_s: int = 1800
+    # Watchdog (train/watchdog.py): a rank that makes no progress (step, evaluation, checkpoint) for this long
+    # prints where it is stuck and exits with code 124, recording the stage as failed; 0 disables it.
+    stall_timeout_s: int = 1800
     # Continue the run folder's checkpoints although training-relevant settings changed since they were made
     # (a new optim.lr, max_steps, corpus...: continued training). Without it such a rerun is refused with the
     # differing keys. The model architecture and tp/pp/data-parallel mode can never change on resume. The

@@ -20,6 +20,7 @@ from data.loader import Split, TrainBatches, check_dataset, eval_batches
 from train.backend import TrainBackend
 from train.logging import MetricLogger
 from train.signals import Preempted, StopRequest
+from train.watchdog import Watchdog
 
 
 def _window_end(step: int, interval: int) -> bool:
@@ -32,6 +33,37 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
     info = check_dataset(data_dir(cfg), seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size)
     root = Path(ctx.final_dir)
     lead = backend.rank == 0
+    dog = Watchdog(t.stall_timeout_s, rank=backend.rank, on_stall=_record_stall(ctx) if lead else None).start()
+    try:
+        return _train(cfg, backend, ctx, started, info, root, lead, dog)
+    finally:
+        dog.stop()
+
+
+def _record_stall(ctx: StageContext):
+    def record(msg: str) -> None:
+        import datetime as dt
+
+        from core.stage_status import write_status
+        from train.watchdog import EXIT_STALLED
+
+        ended = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_status(Path(ctx.run_dir), ctx.stage, state="failed", ended=ended, exit_code=EXIT_STALLED, error=msg)
+
+    return record
+
+
+def _train(
+    cfg: JobConfig,
+    backend: TrainBackend,
+    ctx: StageContext,
+    started: float,
+    info: Any,
+    root: Path,
+    lead: bool,
+    dog: Watchdog,
+) -> dict[str, Any]:
+    t = cfg.trainer
     if lead:
         root.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(root)
@@ -41,10 +73,13 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
     resume = ckpt.latest(root)
     backend.build(resuming=resume is not None)
     step = consumed = 0
+    val_initial = None
     if resume is not None:
+        dog.beat(0, f"loading {resume}")
         meta = ckpt.load(resume, io=backend, layout=layout)
         step, consumed = int(meta["step"]), int(meta["consumed_samples"])
         backend.scheduler.load_state_dict(meta["scheduler"])
+        val_initial = meta.get("val_loss_initial")
         if t.resume_changed:  # continuing with changed settings: the config's, not the checkpoint's
             from train.optim import apply_settings
 
@@ -87,10 +122,17 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
     window: list[tuple[float, float]] = []  # (loss, seconds) since the last log line
     train_seconds, timed_steps = 0.0, 0
     val_loss = None
+    if step == 0 and step < end and t.eval_interval > 0 and val_split.rows:
+        # Before the first step, so the validation curve starts at the untrained model's loss.
+        dog.beat(step, "validation before the first step")
+        val_loss, blocks = backend.eval_loss(held_out)
+        val_initial = val_loss
+        log.validation(step, val_loss, blocks)
     stop = StopRequest().install()
     startup = time.perf_counter() - started
     try:
         while step < end:
+            dog.beat(step, f"step {step + 1}")
             t0 = time.perf_counter()
             micro = batches.next_step()
             lr = _lr_of(backend)
@@ -123,10 +165,12 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
                 window.clear()
             at_end = step == t.max_steps and t.eval_interval > 0
             if (_window_end(step, t.eval_interval) or at_end) and val_split.rows:
+                dog.beat(step, "validation")
                 val_loss, blocks = backend.eval_loss(held_out)
                 log.validation(step, val_loss, blocks)
             if _window_end(step, t.checkpoint_interval) or step == end or res.stop:
-                last_saved = _save(root, step, backend, cfg, layout, batches.consumed, log)
+                dog.beat(step, "checkpoint")
+                last_saved = _save(root, step, backend, cfg, layout, batches.consumed, log, val_initial)
             if res.stop:
                 log.info(
                     f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
@@ -148,6 +192,7 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,
             "val_loss": val_loss,
+            "val_loss_initial": val_initial,
             "tokens_per_s": round(d.tokens_per_step * timed_steps / train_seconds, 1) if train_seconds else None,
             "startup_seconds": round(startup, 3),
             "seconds": round(time.perf_counter() - started, 3),
@@ -156,10 +201,11 @@ def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: flo
         }
     )
     if step >= t.max_steps:
-        log.info(
-            f"done: step {step}/{t.max_steps}, loss {summary['loss_first']} -> {summary['loss_last']}, "
-            f"checkpoint {last_saved}"
-        )
+        losses_text = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+        val_text = f", validation loss {val_loss:.4f}" if val_loss is not None else ""
+        if val_loss is not None and val_initial is not None:
+            val_text = f", validation loss {val_initial:.4f} -> {val_loss:.4f}"
+        log.info(f"done: step {step}/{t.max_steps}{losses_text}{val_text}, checkpoint {last_saved}")
     else:
         log.info(
             f"stopped after step {step} of {t.max_steps} (trainer.steps_this_run={t.steps_this_run}); "
@@ -181,9 +227,12 @@ def _save(
     layout: dict[str, Any],
     consumed: int,
     log: MetricLogger,
+    val_initial: float | None = None,
 ) -> Path:
     t0 = time.perf_counter()
     state = {"consumed_samples": consumed, "scheduler": backend.scheduler.state_dict()}
+    if val_initial is not None:  # the untrained model's validation loss, for the summaries of resumed runs
+        state["val_loss_initial"] = val_initial
     path = ckpt.save(root, step, io=backend, layout=layout, state=state, keep_last=cfg.trainer.keep_last)
     log.flush()
     log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")

@@ -13,7 +13,8 @@ import signal
 from types import FrameType
 
 EXIT_REQUEUE = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# SIGINT: Ctrl-C (the local executor passes it on to the stage's process group as SIGINT).
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequest:
@@ -26,8 +27,11 @@ class StopRequest:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        print(f"[train] received {self.signal_name}: checkpointing at the end of this step, then exiting", flush=True)
+        if self.signal_name is not None:
+            return  # under torchrun a signal can arrive twice (from the process group and from torchrun)
+        name = self.signal_name = signal.Signals(signum).name
+        what = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else name
+        print(f"[train] received {what}: checkpointing at the end of this step, then exiting", flush=True)
 
     def install(self) -> StopRequest:
         for sig in SIGNALS:
