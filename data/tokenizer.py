@@ -10,12 +10,11 @@ from the folder, so documents are tokenized exactly as the tokenizer's own call 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import publish
 from core.paths import is_hub_id
 
 BOS = "<|begin_of_text|>"
@@ -83,19 +82,12 @@ def ensure_sample_tokenizer(folder: Path, vocab_size: int) -> Path:
         return folder
     from data import sample
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        save_folder(build_sample_tokenizer(sample.documents(), vocab_size), tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "tokenizer.json").is_file():  # not a concurrent build that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with publish.publishing(folder) as tmp:
+            save_folder(build_sample_tokenizer(sample.documents(), vocab_size), tmp)
+    except (OSError, publish.ForeignOutputError):
+        if not (folder / "tokenizer.json").is_file():  # not a concurrent build that won the race
+            raise
     return folder
 
 

@@ -55,6 +55,6 @@ def test_build_is_atomic_and_reused(tmp_path):
 
 def test_load_reads_a_local_tokenizer_folder(tmp_path):
     folder = ensure_sample_tokenizer(tmp_path / "copy", 1024)
-    loaded = load(make_cfg(tmp_path, tokenizer=str(folder)))
+    loaded = load(folder, setting=str(folder), model_vocab_size=2048, model_name="tiny")
     assert loaded.path == folder and loaded.vocab_size == 1024 and loaded.bos_token_id == 0
     assert json.loads(loaded.backend_json)["post_processor"] is not None
