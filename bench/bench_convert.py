@@ -92,7 +92,7 @@ def write_torch_input(src: Path, dest: Path) -> None:
     import torch
     from safetensors import safe_open
 
-    from checkpoint.hf_load import checkpoint_files
+    from checkpoint.hf_folder import checkpoint_files
     from checkpoint.nxd_layout import Arch, hf_keys
     from checkpoint.torch_files import write_state_dict
 

@@ -24,61 +24,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from checkpoint.hf_adapter import config_mismatches, from_hf_key, to_hf, to_hf_config
+from checkpoint.hf_adapter import from_hf_key, to_hf, to_hf_config
+from checkpoint.hf_folder import INDEX, SINGLE, check_config, checkpoint_files, read_hf_config
 from model.config import ModelConfig
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-
-
-def read_hf_config(path: str | Path) -> dict[str, Any]:
-    f = Path(path) / "config.json"
-    if not f.is_file():
-        raise ValueError(
-            f"{f} does not exist: model.pretrained_path must be a Hugging Face model folder with config.json "
-            "and *.safetensors (as `save_pretrained` or `huggingface-cli download` writes it)."
-        )
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{f} is not valid JSON ({e}); re-download or re-export the model folder.") from e
-
-
-def check_config(path: str | Path, cfg: ModelConfig) -> None:
-    """Raise one paragraph naming every field where config.json and the model config disagree."""
-    bad = config_mismatches(read_hf_config(path), cfg)
-    if bad:
-        raise ValueError(
-            f"{Path(path) / 'config.json'} does not match the model config ({cfg.name}): "
-            + "; ".join(bad)
-            + ". The pretrained weights must have the configured architecture: pick the model option that "
-            "matches the checkpoint (+model=...) or point model.pretrained_path at the right folder."
-        )
-
-
-def checkpoint_files(path: str | Path) -> list[Path]:
-    """The safetensors files of an HF folder: those its index names, else model.safetensors, else all."""
-    root = Path(path)
-    index = root / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index ({e!r}); re-download it.") from e
-        files = [root / name for name in sorted(set(weight_map.values()))]
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise ValueError(f"{index} names files that do not exist: {', '.join(absent)}; re-download them.")
-        return files
-    if (root / SINGLE).is_file():
-        return [root / SINGLE]
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise ValueError(
-            f"No *.safetensors in {root}: model.pretrained_path needs the weights in safetensors format "
-            "(pytorch_model.bin is not read; convert it with transformers' save_pretrained)."
-        )
-    return files
+__all__ = ["INDEX", "SINGLE", "check_config", "checkpoint_files", "load_hf", "read_hf_config", "save_hf"]
 
 
 def _keys(file: Path) -> list[str]:

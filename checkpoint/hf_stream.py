@@ -50,7 +50,7 @@ class HFSource:
         if path.is_file():
             self._open_torch(path)
         else:
-            from checkpoint.hf_load import checkpoint_files
+            from checkpoint.hf_folder import checkpoint_files
 
             for f in checkpoint_files(path):
                 try:

@@ -19,10 +19,16 @@ coalesced MHA qkv) appended after everything else, in layer order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.arithmetic import stage_layer_ranges
+from core.problems import Problem, divisors, raise_if
+from model.rules import architecture_problems
+
+if TYPE_CHECKING:
+    from model.config import ModelConfig
 
 HW_BACKENDS = ("trn1",)
 LAYER_KEYS = (
@@ -78,6 +84,19 @@ class Arch:
             num_attention_heads=int(hf["num_attention_heads"]),
             num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        )
+
+    @classmethod
+    def from_model(cls, m: ModelConfig) -> Arch:
+        """The numbers of a configured model (what its config.json will say)."""
+        return cls(
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.intermediate_size,
+            num_hidden_layers=m.num_hidden_layers,
+            num_attention_heads=m.num_attention_heads,
+            num_key_value_heads=m.num_key_value_heads,
+            tie_word_embeddings=m.tie_word_embeddings,
         )
 
     @property
@@ -157,65 +176,133 @@ def hf_keys(arch: Arch) -> list[str]:
     return [*keys, "model.norm.weight", "lm_head.weight"]
 
 
-def check(arch: Arch, layout: Layout) -> None:
-    """Raise one ValueError naming every rule the layout breaks for this model."""
+# The converter's words for the layout fields (its flags); config.json fields keep their own names.
+CONVERTER_NAMES = {
+    "tp": "--tp_size",
+    "pp": "--pp_size",
+    "kv_size_multiplier": "--kv_size_multiplier",
+    "qkv_linear": "--qkv_linear",
+    "hw_backend": "--hw_backend",
+}
+
+
+def converter_name(field: str) -> str:
+    return CONVERTER_NAMES.get(field, field)
+
+
+def layout_problems(arch: Arch, layout: Layout, name: Callable[[str], str] = converter_name) -> list[Problem]:
+    """Every rule the layout breaks for this model (NxD's converter and GQAQKVColumnParallelLinear), each once.
+
+    `name` maps an `Arch`/`Layout` field to the caller's key: the converter's flags by default; the launcher maps
+    them to config keys (launcher/validate.py) and reports the same sentences at plan time.
+    """
     a, lo = arch, layout
     hq, hkv, kvm, tp, pp = a.num_attention_heads, a.num_key_value_heads, lo.kv_size_multiplier, lo.tp, lo.pp
-    bad: list[str] = []
-    if min(tp, pp, kvm) < 1:
-        bad.append(f"tp_size ({tp}), pp_size ({pp}) and kv_size_multiplier ({kvm}) must be >= 1")
-    else:
-        if lo.hw_backend not in HW_BACKENDS:
-            bad.append(
-                f"hw_backend {lo.hw_backend!r} is not supported (only {', '.join(HW_BACKENDS)}: NxD's trn2 "
-                "converter tiles K/V while the trn2 runtime interleaves them, an unverified layout)"
+    low = [Problem(name(f), v, "must be at least 1.", f"set {name(f)}=1.") for f, v in _degrees(lo) if v < 1]
+    if low:
+        return low
+    out: list[Problem] = []
+    if lo.hw_backend not in HW_BACKENDS:
+        out.append(
+            Problem(
+                name("hw_backend"),
+                lo.hw_backend,
+                f"is not supported (only {', '.join(HW_BACKENDS)}: NxD's trn2 converter tiles K/V while the trn2 "
+                "runtime interleaves them, an unverified layout).",
+                f"set {name('hw_backend')}=trn1.",
             )
-        if a.hidden_size % hq:
-            bad.append(f"hidden_size {a.hidden_size} is not a multiple of num_attention_heads {hq}")
-        if hq % hkv:
-            bad.append(f"num_attention_heads {hq} is not a multiple of num_key_value_heads {hkv}")
-        for name, n in (
-            ("num_attention_heads", hq),
-            ("vocab_size", a.vocab_size),
-            ("intermediate_size", a.intermediate_size),
-        ):
-            if n % tp:
-                bad.append(f"{name} {n} does not divide by tp_size {tp}")
-        if a.num_hidden_layers % pp:
-            bad.append(
-                f"num_hidden_layers {a.num_hidden_layers} does not divide by pp_size {pp} "
-                f"(use a pp_size that divides it)"
-            )
-        if lo.qkv_linear:
-            if kvm > 1 and hkv * kvm != tp:
-                bad.append(
-                    f"with kv_size_multiplier {kvm} NxD needs num_key_value_heads x kv_size_multiplier == "
-                    f"tp_size, but {hkv} x {kvm} = {hkv * kvm} != {tp}; use kv_size_multiplier {tp // hkv}"
-                    if tp % hkv == 0
-                    else f"with kv_size_multiplier {kvm} NxD needs num_key_value_heads ({hkv}) x "
-                    f"kv_size_multiplier == tp_size ({tp})"
-                )
-            elif kvm == 1 and hkv % tp:
-                bad.append(
-                    f"num_key_value_heads {hkv} does not divide by tp_size {tp}: set kv_size_multiplier to "
-                    f"tp_size / num_key_value_heads" + (f" = {tp // hkv}" if tp % hkv == 0 else "")
-                )
-        else:
-            if kvm != 1:
-                bad.append(
-                    f"kv_size_multiplier {kvm} needs qkv_linear (K/V replication is a GQAQKVColumnParallel"
-                    "Linear feature)"
-                )
-            if hkv % tp:
-                bad.append(
-                    f"num_key_value_heads {hkv} does not divide by tp_size {tp}; GQA models need "
-                    "qkv_linear with kv_size_multiplier = tp_size / num_key_value_heads"
-                )
-    if bad:
-        raise ValueError(
-            f"Cannot lay out this model ({hq} heads, {hkv} KV heads, {a.num_hidden_layers} layers, vocab "
-            f"{a.vocab_size}) as NxD {layout.describe()}: " + "; ".join(bad) + "."
         )
+    out += [Problem(*p) for p in architecture_problems(a.hidden_size, hq, hkv, name)]
+    sizes = {"num_attention_heads": hq, "vocab_size": a.vocab_size, "intermediate_size": a.intermediate_size}
+    bad = [f"{name(f)} ({n})" for f, n in sizes.items() if n % tp]
+    if bad:
+        fits = [d for d in divisors(hq) if all(n % d == 0 for n in sizes.values())]
+        out.append(
+            Problem(
+                name("tp"),
+                tp,
+                f"must divide {', '.join(bad)} so every rank holds whole query heads and equal slices.",
+                f"pick one of {fits}.",
+            )
+        )
+    if a.num_hidden_layers % pp:
+        out.append(
+            Problem(
+                name("pp"),
+                pp,
+                f"must divide {name('num_hidden_layers')} ({a.num_hidden_layers}) so every stage gets the same "
+                "number of layers.",
+                f"pick one of {divisors(a.num_hidden_layers)}.",
+            )
+        )
+    if hq % max(hkv, 1) == 0 and hkv >= 1:
+        out += _kv_problems(hkv, kvm, tp, lo.qkv_linear, name)
+    return out
+
+
+def _degrees(lo: Layout) -> tuple[tuple[str, int], ...]:
+    return (("tp", lo.tp), ("pp", lo.pp), ("kv_size_multiplier", lo.kv_size_multiplier))
+
+
+def _kv_problems(hkv: int, kvm: int, tp: int, qkv_linear: bool, name: Callable[[str], str]) -> list[Problem]:
+    """How K/V heads reach the tp ranks: replicated kv_size_multiplier times by GQAQKVColumnParallelLinear
+    (qkv_linear), which asserts tp % kvm == 0, or split as they are (every rank needs whole K/V heads)."""
+    kv, mult, deg = name("num_key_value_heads"), name("kv_size_multiplier"), name("tp")
+    if not qkv_linear:
+        if kvm != 1:
+            return [
+                Problem(
+                    mult,
+                    kvm,
+                    "K/V replication is a GQAQKVColumnParallelLinear feature: it needs qkv_linear.",
+                    f"set {name('qkv_linear')}=1, or {mult}=1.",
+                )
+            ]
+        if hkv % tp:
+            return [
+                Problem(
+                    deg,
+                    tp,
+                    f"must divide {kv} ({hkv}) without qkv_linear (K/V heads are split, not replicated).",
+                    f"set {name('qkv_linear')}=1 (K/V replication), or pick {deg} from {divisors(hkv)}.",
+                )
+            ]
+        return []
+    if tp % kvm:
+        return [
+            Problem(
+                mult,
+                kvm,
+                f"must divide {deg} ({tp}) (NxD GQAQKVColumnParallelLinear).",
+                f"pick one of {divisors(tp)}.",
+            )
+        ]
+    if (kvm > 1 and hkv * kvm != tp) or (kvm == 1 and hkv % tp):
+        fix = (
+            f"set {mult}={tp // hkv}."
+            if tp % hkv == 0
+            else f"use a {deg} that is a multiple of {kv} ({hkv}) or divides it."
+        )
+        return [
+            Problem(
+                mult,
+                kvm,
+                f"{kv} ({hkv}) x {mult} must equal {deg} ({tp}) so every rank holds exactly one KV head (what "
+                f"NxD's converter and GQAQKVColumnParallelLinear need), or the K/V heads must split over tp "
+                f"unreplicated: {hkv} x {kvm} = {hkv * kvm} != {tp}.",
+                fix,
+            )
+        ]
+    return []
+
+
+def check(arch: Arch, layout: Layout) -> None:
+    """Raise one ValueError naming every rule the layout breaks for this model, in the converter's words."""
+    raise_if(
+        layout_problems(arch, layout),
+        intro=f"Cannot lay out this model ({arch.num_attention_heads} heads, {arch.num_key_value_heads} KV heads, "
+        f"{arch.num_hidden_layers} layers, vocab {arch.vocab_size}) as NxD {layout.describe()}: ",
+    )
 
 
 def _runs(indices: list[int], size: int) -> tuple[tuple[int, int], ...]:

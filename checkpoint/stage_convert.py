@@ -25,7 +25,7 @@ def layout_from_cfg(cfg: JobConfig, input_dir: Path | str = ".", output_dir: Pat
 
 def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
     from checkpoint.convert import format_summary, to_nxd
-    from checkpoint.hf_load import check_config, read_hf_config
+    from checkpoint.hf_folder import check_config, read_hf_config
     from checkpoint.nxd_layout import Arch
 
     src = paths.pretrained_dir(cfg)

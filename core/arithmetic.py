@@ -55,7 +55,7 @@ def stage_layer_ranges(num_layers: int, pp: int) -> list[range]:
 
 
 def head_dim(m: ModelConfig) -> int:
-    return m.hidden_size // m.num_attention_heads
+    return m.hidden_size // max(m.num_attention_heads, 1)  # total: validation reports heads < 1
 
 
 def heads_per_rank(m: ModelConfig, tp: int, kv_size_multiplier: int = 1) -> tuple[int, int]:

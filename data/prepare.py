@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.problems import raise_if
+from data import rules
 from data.config import DataConfig, DataFormat
 
 if TYPE_CHECKING:
@@ -52,17 +54,8 @@ def validation_mask(first: int, count: int, fraction: Fraction) -> np.ndarray:
 
 
 def _check(d: DataConfig) -> Fraction:
-    if d.seq_len < 2:
-        raise ValueError(
-            f"data.seq_len={d.seq_len}: a block must hold at least 2 tokens (each predicts the "
-            f"next). Set data.seq_len to the model's context, for example data.seq_len=2048."
-        )
-    if not 0 <= d.val_fraction < 1:
-        raise ValueError(
-            f"data.val_fraction={d.val_fraction}: must be in [0, 1) (the share of documents held "
-            f"out for validation). Set data.val_fraction=0.01, or 0 for no validation split."
-        )
-    return Fraction(str(d.val_fraction)).limit_denominator(1_000_000)
+    raise_if(rules.range_problems(d))
+    return rules.fraction(d)
 
 
 class _Progress:
@@ -141,7 +134,7 @@ def prepare(d: DataConfig, corpus: Corpus, tok: LoadedTokenizer, out: Path, t0: 
                 pids.add(enc.pid)
                 progress.update(enc.piece.weight, docs, tokens)
         encode_seconds = time.perf_counter() - t0 - startup
-        _check_result(d, corpus, docs, chars, tokens, packers, fraction)
+        _check_result(d, corpus, docs, chars, tokens, packers)
         for s in SPLITS:
             packers[s].writer.publish(work / s, s)
     finally:
@@ -176,9 +169,7 @@ def prepare(d: DataConfig, corpus: Corpus, tok: LoadedTokenizer, out: Path, t0: 
     return summary
 
 
-def _check_result(
-    d: DataConfig, corpus: Corpus, docs: int, chars: int, tokens: int, packers: dict, fraction: Fraction
-) -> None:
+def _check_result(d: DataConfig, corpus: Corpus, docs: int, chars: int, tokens: int, packers: dict) -> None:
     files = corpus.files
     where = corpus.description + (f" ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})" if files else "")
     if docs == 0 or chars == 0:
@@ -187,21 +178,7 @@ def _check_result(
             f"data.paths at files with text (jsonl rows need a non-empty {d.text_field!r} field)."
         )
     train, val = packers["train"], packers["validation"]
-    if train.writer.blocks == 0:
-        held = f", {val.tokens} of them held out for validation" if val.tokens else ""
-        raise ValueError(
-            f"the corpus is smaller than one block: it has {tokens} tokens{held} ({docs} "
-            f"documents in {where}), but data.seq_len={d.seq_len}. Add text, or lower "
-            f"data.seq_len to at most {max(train.tokens, 2)}."
-        )
-    if fraction > 0 and val.writer.blocks == 0:
-        suggest = float(f"{min(0.5, 2 * d.seq_len / tokens):.2g}")
-        raise ValueError(
-            f"data.val_fraction={d.val_fraction} held out {val.documents} of {docs} documents "
-            f"({val.tokens} tokens), less than one block of data.seq_len={d.seq_len}. Raise "
-            f"data.val_fraction (about {suggest:g} should give a block) or set "
-            f"data.val_fraction=0 for no validation split."
-        )
+    raise_if(rules.block_problems(d, docs, tokens, train.tokens, val.documents, val.tokens, where))
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+from core.problems import Problem, raise_if
 from data.config import DataConfig, DataSource
 
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
@@ -88,34 +89,54 @@ def plan_corpus(data: DataConfig, hub_root: Path | None = None) -> Corpus:
 
 def expand(patterns: list[str]) -> list[Path]:
     """Files matching the patterns, in pattern order, sorted within a glob, without repeats."""
+    files, problems = resolve(patterns)
+    raise_if(problems, CorpusError)
+    return files
+
+
+def resolve(patterns: list[str]) -> tuple[list[Path], list[Problem]]:
+    """`expand` without raising: the files, and a problem for each pattern that matches nothing and each file of
+    a type the data stage does not read (stat calls only: the launcher runs it at plan time)."""
     if not patterns:
-        raise CorpusError(
-            "data.paths is empty: data=files needs at least one file or glob. Pass "
-            "'data.paths=[\"corpus/*.jsonl\"]' (quote it for the shell)."
-        )
+        return [], [
+            Problem(
+                "data.paths",
+                [],
+                "data=files needs at least one file or glob.",
+                "pass 'data.paths=[\"corpus/*.txt\"]' (quote it for the shell).",
+            )
+        ]
     out: list[Path] = []
+    problems: list[Problem] = []
     seen: set[Path] = set()
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise CorpusError(
-                f"data.paths: {pattern!r} matches no file. Check the path (relative paths are "
-                f"relative to {os.getcwd()}); quote globs on the command line: "
-                f"'data.paths=[\"my corpus/*.txt\"]'."
+            problems.append(
+                Problem(
+                    "data.paths",
+                    pattern,
+                    f"matches no file (relative paths are relative to {os.getcwd()}).",
+                    "check the path; globs are expanded by the launcher, so quote them on the command line: "
+                    "'data.paths=[\"my corpus/*.txt\"]'.",
+                )
             )
         for m in matches:
             p = Path(m).resolve()
             if p.suffix not in EXTENSIONS:
-                raise CorpusError(
-                    f"data.paths: {m} has the extension {p.suffix or '(none)'!r}; the data stage "
-                    f"reads {', '.join(EXTENSIONS)}. Narrow the glob (for example '*.jsonl') or "
-                    f"convert the file."
+                problems.append(
+                    Problem(
+                        "data.paths",
+                        m,
+                        f"has the extension {p.suffix or '(none)'!r}; the data stage reads {', '.join(EXTENSIONS)}.",
+                        "narrow the glob (for example '*.jsonl') or convert the file.",
+                    )
                 )
-            if p not in seen:
+            elif p not in seen:
                 seen.add(p)
                 out.append(p)
-    return out
+    return out, problems
 
 
 def plan_files(files: list[Path], field: str, piece_bytes: int = PIECE_BYTES) -> list[Piece]:

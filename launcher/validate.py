@@ -1,71 +1,125 @@
 """Every check of a composed config, before anything is written or queued, reporting all problems at once.
 
 Each problem is one paragraph naming the key, the bad value, where the value came from (a group option, the
-recipe, or the command line), the rule, and a fix. Torch-free: only the standard library and the schema.
+recipe, or the command line), the rule, and a fix. Simple ranges are the table `RANGES` (plus the data stage's
+own, `data.rules.RANGES`); every other rule belongs to the library that enforces it at run time (model/rules.py,
+checkpoint/nxd_layout.py, checkpoint/hf_folder.py, data/sources.py, data/rules.py), and this module only maps
+the library's problems to config keys, so a user reads the same sentence at plan time and at run time. One
+function per section. Torch-free: only the standard library and the libraries' torch-free rule modules.
 """
 
 from __future__ import annotations
 
 import glob
-import json
+import operator
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import paths
-from core.arithmetic import derive
-from core.config import Accelerator, ExecutorKind
+from core.arithmetic import Derived, backend_for, derive
+from core.config import Accelerator, ExecutorKind, JobConfig
 from core.marker import is_complete
+from core.problems import Problem, Range, describe
 from core.stages import SPECS, Stage, applicable, needs_download, selected
+from data import rules as data_rules
 from data.config import DataSource
 from launcher.compose import Composed
+from model import rules as model_rules
 from model.config import Init
 from train.config import Backend
 
-
-@dataclass
-class Problem:
-    key: str
-    value: object
-    rule: str
-    fix: str
-
-    def render(self, composed: Composed) -> str:
-        return f"{self.key}={_show(self.value)} (from {composed.source(self.key)}): {self.rule} Fix: {self.fix}"
+if TYPE_CHECKING:
+    from checkpoint.nxd_layout import Layout
 
 
-def _show(v: object) -> str:
-    if hasattr(v, "value"):
-        return str(v.value)
-    if isinstance(v, list):
-        return "[" + ",".join(_show(x) for x in v) + "]"
-    return str(v)
+def _count(key: str, example: int) -> Range:
+    return Range(key, at_least=1, fix=f"set {key}={example}.")
 
 
-def _divisors(n: int, limit: int = 64) -> list[int]:
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+def _off_or_positive(key: str, meaning: str, fix: str) -> Range:
+    return Range(key, above=0, special=(0, meaning), fix=fix)
+
+
+RANGES: tuple[Range, ...] = (
+    _count("model.vocab_size", 128256),
+    _count("model.hidden_size", 4096),
+    _count("model.intermediate_size", 14336),
+    _count("model.num_hidden_layers", 32),
+    _count("model.num_attention_heads", 32),
+    _count("model.max_position_embeddings", 8192),
+    Range(
+        "model.rope_scaling.factor",
+        at_least=0,
+        why="0: no scaling, Llama 3.0; Llama 3.1: 8.0",
+        fix="set 0 or 8.0.",
+    ),
+    _count("parallel.tensor_parallel_degree", 1),
+    _count("parallel.pipeline_parallel_degree", 1),
+    _count("parallel.kv_size_multiplier", 1),
+    Range(
+        "parallel.data_parallel_degree",
+        at_least=1,
+        special=(-1, "derived from the world size"),
+        fix="set parallel.data_parallel_degree=-1.",
+    ),
+    _count("cluster.nodes", 1),
+    Range(
+        "cluster.devices_per_node",
+        at_least=1,
+        special=(0, "from the accelerator"),
+        fix="set cluster.devices_per_node=0.",
+    ),
+    _off_or_positive("cluster.device_memory_gb", "the accelerator's", "set cluster.device_memory_gb=0."),
+    _off_or_positive("cluster.time_limit_min", "the partition's default", "set cluster.time_limit_min=0."),
+    _off_or_positive("cluster.cpus_per_task", "Slurm's default", "set cluster.cpus_per_task=0."),
+    _off_or_positive("cluster.mem_gb", "no --mem", "set cluster.mem_gb=0."),
+    Range("cluster.max_requeues", at_least=0, fix="set cluster.max_requeues=3."),
+    _count("trainer.micro_batch_size", 1),
+    Range(
+        "trainer.global_batch_size",
+        at_least=1,
+        fix="set trainer.global_batch_size to dp x micro-batch x accumulation.",
+    ),
+    _count("trainer.max_steps", 1000),
+    Range("trainer.steps_this_run", at_least=1, special=(-1, "run to max_steps"), fix="set trainer.steps_this_run=-1."),
+    _off_or_positive("trainer.checkpoint_interval", "off", "set trainer.checkpoint_interval=0."),
+    _off_or_positive("trainer.eval_interval", "off", "set trainer.eval_interval=0."),
+    _off_or_positive("trainer.eval_batches", "off", "set trainer.eval_batches=0."),
+    _count("trainer.log_interval", 1),
+    Range("trainer.keep_last", at_least=1, special=(-1, "keep all"), fix="set trainer.keep_last=2."),
+    _off_or_positive("trainer.num_threads", "torch's default", "set trainer.num_threads=0."),
+    Range("optim.lr", above=0, why="the peak learning rate", fix="set e.g. optim.lr=3e-4."),
+    Range("optim.beta1", at_least=0, below=1, why="an Adam beta", fix="set optim.beta1=0.9."),
+    Range("optim.beta2", at_least=0, below=1, why="an Adam beta", fix="set optim.beta2=0.95."),
+    Range("optim.eps", above=0, fix="set optim.eps=1e-8."),
+    Range("optim.weight_decay", at_least=0, fix="set optim.weight_decay=0.01."),
+    _off_or_positive("optim.grad_clip", "off", "set optim.grad_clip=1.0."),
+    *data_rules.RANGES,
+)
+# NxD layout fields (checkpoint.nxd_layout) -> config keys; the architecture fields are model.<field>.
+NXD_KEYS = {
+    "tp": "parallel.tensor_parallel_degree",
+    "pp": "parallel.pipeline_parallel_degree",
+    "kv_size_multiplier": "parallel.kv_size_multiplier",
+    "qkv_linear": "parallel.qkv_linear",
+    "hw_backend": "cluster.accelerator",
+}
+
+
+def nxd_key(field: str) -> str:
+    return NXD_KEYS.get(field, f"model.{field}")
 
 
 def validate(composed: Composed) -> list[str]:
+    """Every problem of the composed config, one paragraph each (empty: the config is good)."""
+    return [describe(p, composed.source(p.key)) for p in find_problems(composed)]
+
+
+def find_problems(composed: Composed) -> list[Problem]:
+    """Every problem of the composed config, section by section."""
     cfg = composed.cfg
-    problems: list[Problem] = []
-    add = problems.append
-    c = cfg.cluster
-    if c.executor == ExecutorKind.local and c.accelerator != Accelerator.cpu and Stage.train in selected(cfg):
-        # A local run trains on this machine: its accelerator must be here, and it says how many devices.
-        count, why = local_devices(c.accelerator)
-        if count == 0:
-            add(
-                Problem(
-                    "cluster.accelerator",
-                    c.accelerator,
-                    f"a local run trains on this machine, which has no usable {c.accelerator.value} device: {why}.",
-                    "set cluster.accelerator=cpu to train on this machine's CPU, run on a machine with the "
-                    "device, or plan it for a cluster (cluster=slurm ... dry_run=true).",
-                )
-            )
-        elif count > 0 and c.devices_per_node == 0:
-            c.devices_per_node = count  # the machine's count, recorded in config.yaml for every stage
+    problems = device_problems(cfg)
     d = derive(cfg)
     if problems:
         # No device here: check the rest against the plan's own process count, not a guessed 8 per node.
@@ -73,40 +127,57 @@ def validate(composed: Composed) -> list[str]:
 
         p = cfg.parallel
         ranks = p.tensor_parallel_degree * p.pipeline_parallel_degree * max(p.data_parallel_degree, 1)
-        d = derive(replace(cfg, cluster=replace(c, devices_per_node=max(ranks, 1))))
-    m, p, t, o, c, data = cfg.model, cfg.parallel, cfg.trainer, cfg.optim, cfg.cluster, cfg.data
-    tp, pp = p.tensor_parallel_degree, p.pipeline_parallel_degree
+        d = derive(replace(cfg, cluster=replace(cfg.cluster, devices_per_node=max(ranks, 1))))
+    problems += range_problems(cfg)
+    bad = {p.key for p in problems}
+    problems += model_problems(cfg, bad)
+    problems += layout_problems(cfg, d, bad)
+    problems += world_problems(cfg, d, bad)
+    problems += schedule_problems(cfg, d, bad)
+    problems += data_problems(cfg, bad)
+    return problems + stage_problems(composed, d, not problems)
 
-    # --- model architecture
-    if m.hidden_size % m.num_attention_heads:
-        add(
+
+def device_problems(cfg: JobConfig) -> list[Problem]:
+    """A local run that trains needs its accelerator on this machine; records the machine's device count."""
+    c = cfg.cluster
+    if c.executor != ExecutorKind.local or c.accelerator == Accelerator.cpu or Stage.train not in selected(cfg):
+        return []
+    if backend_for(cfg) == Backend.nxd:
+        return []  # stage_problems refuses running the nxd backend's stages in this version, wherever they run
+    count, why = local_devices(c.accelerator)
+    if count == 0:
+        return [
             Problem(
-                "model.hidden_size",
-                m.hidden_size,
-                f"must be divisible by model.num_attention_heads ({m.num_attention_heads}) to give the head dim.",
-                f"use a multiple of {m.num_attention_heads}, e.g. {m.num_attention_heads * 64}.",
+                "cluster.accelerator",
+                c.accelerator,
+                f"a local run trains on this machine, which has no usable {c.accelerator.value} device: {why}.",
+                "set cluster.accelerator=cpu to train on this machine's CPU, run on a machine with the "
+                "device, or plan it for a cluster (cluster=slurm ... dry_run=true).",
             )
-        )
-    if m.num_key_value_heads <= 0 or m.num_attention_heads % max(m.num_key_value_heads, 1):
-        add(
-            Problem(
-                "model.num_key_value_heads",
-                m.num_key_value_heads,
-                f"must divide model.num_attention_heads ({m.num_attention_heads}) (grouped-query attention).",
-                f"pick one of {_divisors(m.num_attention_heads)}.",
-            )
-        )
-    if m.rope_scaling.factor < 0:
-        add(
-            Problem(
-                "model.rope_scaling.factor",
-                m.rope_scaling.factor,
-                "must be 0 (no scaling, Llama 3.0) or positive (Llama 3.1: 8.0).",
-                "set 0 or 8.0.",
-            )
-        )
-    if m.init == Init.pretrained and not m.pretrained_path:
-        add(
+        ]
+    if count > 0 and c.devices_per_node == 0:
+        c.devices_per_node = count  # the machine's count, recorded in config.yaml for every stage
+    return []
+
+
+def range_problems(cfg: JobConfig) -> list[Problem]:
+    return [p for r in RANGES for p in r.problems(operator.attrgetter(r.key)(cfg))]
+
+
+def model_problems(cfg: JobConfig, bad: set[str]) -> list[Problem]:
+    """Architecture (the model's own rules) and where its weights start."""
+    m = cfg.model
+    out: list[Problem] = []
+    if "model.num_attention_heads" not in bad:
+        out += [
+            Problem(*p)
+            for p in model_rules.architecture_problems(m.hidden_size, m.num_attention_heads, m.num_key_value_heads)
+        ]
+    if m.init != Init.pretrained:
+        return out
+    if not m.pretrained_path:
+        out.append(
             Problem(
                 "model.init",
                 m.init,
@@ -114,140 +185,66 @@ def validate(composed: Composed) -> list[str]:
                 "set model.pretrained_path=meta-llama/Meta-Llama-3-8B (or a folder), or model.init=scratch.",
             )
         )
-    if m.init == Init.pretrained and m.pretrained_path and not paths.is_hub_id(m.pretrained_path):
-        path = Path(os.path.expanduser(m.pretrained_path))
-        if not (path / "config.json").is_file():
-            add(
+    elif not paths.is_hub_id(m.pretrained_path) and not out:
+        from checkpoint.hf_folder import folder_problems
+
+        out += folder_problems(Path(os.path.expanduser(m.pretrained_path)), m)
+    return out
+
+
+def layout_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
+    """How the model is split: NxD's layout rules on trn1, the torch backend's parallelisation rules elsewhere."""
+    m, p, c = cfg.model, cfg.parallel, cfg.cluster
+    out = [Problem(*x) for x in model_rules.activation_checkpointing_problems(p.activation_checkpointing)]
+    if bad & (set(NXD_KEYS.values()) | {r.key for r in RANGES if r.key.startswith("model.")}):
+        return out
+    if model_rules.architecture_problems(m.hidden_size, m.num_attention_heads, m.num_key_value_heads):
+        return out
+    if d.backend == Backend.nxd:
+        from checkpoint.nxd_layout import Arch
+        from checkpoint.nxd_layout import layout_problems as nxd_layout_problems
+
+        out += nxd_layout_problems(Arch.from_model(m), nxd_layout(cfg), nxd_key)
+        if c.accelerator != Accelerator.trn1:
+            out.append(
                 Problem(
-                    "model.pretrained_path",
-                    m.pretrained_path,
-                    f"is neither a hub id (org/name) nor a folder with config.json ({path} "
-                    f"{'has no config.json' if path.exists() else 'does not exist'}).",
-                    "point it at a Hugging Face model folder (config.json + *.safetensors) or use a hub id.",
+                    "trainer.backend",
+                    cfg.trainer.backend,
+                    f"the nxd backend runs only on trn1 (XLA), not on cluster.accelerator={c.accelerator.value}.",
+                    "set trainer.backend=auto (torch on cpu/cuda/trn2).",
                 )
             )
-
-    # --- parallel layout
-    for key, val in (("parallel.tensor_parallel_degree", tp), ("parallel.pipeline_parallel_degree", pp)):
-        if val < 1:
-            add(Problem(key, val, "must be at least 1.", f"set {key}=1."))
-    if p.data_parallel_degree == 0 or p.data_parallel_degree < -1:
-        add(
-            Problem(
-                "parallel.data_parallel_degree",
-                p.data_parallel_degree,
-                "must be -1 (derived from the world size) or a positive number.",
-                "set parallel.data_parallel_degree=-1.",
-            )
-        )
-    if p.kv_size_multiplier < 1:
-        add(
+        return out
+    out += [Problem(*x) for x in model_rules.torch_tp_problems(m, p.tensor_parallel_degree)]
+    out += [Problem(*x) for x in model_rules.torch_pipeline_problems(p.pipeline_parallel_degree)]
+    if p.kv_size_multiplier > 1 and c.accelerator != Accelerator.trn1:
+        out.append(
             Problem(
                 "parallel.kv_size_multiplier",
                 p.kv_size_multiplier,
-                "must be at least 1.",
-                "set parallel.kv_size_multiplier=1.",
+                "K/V replication is an NxD feature; the torch backend does not use it.",
+                "set parallel.kv_size_multiplier=1 (or use cluster.accelerator=trn1).",
             )
         )
-    if p.activation_checkpointing not in ("none", "selective", "full"):
-        add(
-            Problem(
-                "parallel.activation_checkpointing",
-                p.activation_checkpointing,
-                "must be one of none, selective, full.",
-                "set parallel.activation_checkpointing=selective.",
-            )
-        )
-    if tp >= 1 and m.num_attention_heads % tp:
-        add(
-            Problem(
-                "parallel.tensor_parallel_degree",
-                tp,
-                f"must divide model.num_attention_heads ({m.num_attention_heads}, model={m.name}) so every "
-                f"rank holds whole query heads.",
-                f"pick one of {_divisors(m.num_attention_heads)}.",
-            )
-        )
-    if d.backend == Backend.nxd and tp >= 1 and p.kv_size_multiplier >= 1:
-        if tp % p.kv_size_multiplier:
-            add(
-                Problem(
-                    "parallel.kv_size_multiplier",
-                    p.kv_size_multiplier,
-                    f"must divide parallel.tensor_parallel_degree ({tp}) (NxD GQAQKVColumnParallelLinear).",
-                    f"pick one of {_divisors(tp)}.",
-                )
-            )
-        elif p.qkv_linear and m.num_key_value_heads * p.kv_size_multiplier != tp:
-            want = tp // m.num_key_value_heads if tp % m.num_key_value_heads == 0 else None
-            add(
-                Problem(
-                    "parallel.kv_size_multiplier",
-                    p.kv_size_multiplier,
-                    f"model.num_key_value_heads ({m.num_key_value_heads}) x kv_size_multiplier must equal "
-                    f"parallel.tensor_parallel_degree ({tp}) so every rank holds exactly one KV head "
-                    f"(what NxD's converter and GQAQKVColumnParallelLinear need): "
-                    f"{m.num_key_value_heads} x {p.kv_size_multiplier} = "
-                    f"{m.num_key_value_heads * p.kv_size_multiplier} != {tp}.",
-                    f"set parallel.kv_size_multiplier={want}."
-                    if want
-                    else f"use a tensor_parallel_degree that is a multiple of {m.num_key_value_heads}.",
-                )
-            )
-    if d.backend == Backend.torch:
-        if tp >= 1 and m.num_key_value_heads % tp:
-            add(
-                Problem(
-                    "parallel.tensor_parallel_degree",
-                    tp,
-                    f"must divide model.num_key_value_heads ({m.num_key_value_heads}) on the torch backend, "
-                    f"which shards K/V heads without replication.",
-                    f"pick one of {_divisors(m.num_key_value_heads)}, or run on trn1 (NxD replicates K/V).",
-                )
-            )
-        if pp > 1:
-            add(
-                Problem(
-                    "parallel.pipeline_parallel_degree",
-                    pp,
-                    "pipeline parallelism is not available on the torch backend yet (only on NxD, trn1).",
-                    "set parallel.pipeline_parallel_degree=1, or cluster.accelerator=trn1.",
-                )
-            )
-        if p.kv_size_multiplier > 1 and c.accelerator != Accelerator.trn1:
-            add(
-                Problem(
-                    "parallel.kv_size_multiplier",
-                    p.kv_size_multiplier,
-                    "K/V replication is an NxD feature; the torch backend does not use it.",
-                    "set parallel.kv_size_multiplier=1 (or use cluster.accelerator=trn1).",
-                )
-            )
-    if d.backend == Backend.nxd and c.accelerator != Accelerator.trn1:
-        add(
-            Problem(
-                "trainer.backend",
-                cfg.trainer.backend,
-                f"the nxd backend runs only on trn1 (XLA), not on cluster.accelerator={c.accelerator.value}.",
-                "set trainer.backend=auto (torch on cpu/cuda/trn2).",
-            )
-        )
-    if pp >= 1 and m.num_hidden_layers % pp:
-        add(
-            Problem(
-                "parallel.pipeline_parallel_degree",
-                pp,
-                f"must divide model.num_hidden_layers ({m.num_hidden_layers}) so every stage gets the same "
-                f"number of layers.",
-                f"pick one of {_divisors(m.num_hidden_layers)}.",
-            )
-        )
+    return out
 
-    # --- cluster and world size
-    if c.nodes < 1:
-        add(Problem("cluster.nodes", c.nodes, "must be at least 1.", "set cluster.nodes=1."))
+
+def nxd_layout(cfg: JobConfig) -> Layout:
+    """The layout the convert stage parses from core.nxd_args.convert_args (a test checks they agree), built
+    without the converter's argument parser so the plan stays fast."""
+    from checkpoint.nxd_layout import Layout
+
+    p = cfg.parallel
+    return Layout(p.tensor_parallel_degree, p.pipeline_parallel_degree, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv)
+
+
+def world_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
+    """Where the job runs, and whether tp x pp x dp fills the world (nodes x devices per node)."""
+    c, p = cfg.cluster, cfg.parallel
+    tp, pp = p.tensor_parallel_degree, p.pipeline_parallel_degree
+    out: list[Problem] = []
     if c.executor == ExecutorKind.local and c.nodes > 1:
-        add(
+        out.append(
             Problem(
                 "cluster.nodes",
                 c.nodes,
@@ -255,86 +252,62 @@ def validate(composed: Composed) -> list[str]:
                 "set cluster.nodes=1, or use cluster=slurm / cluster=hyperpod.",
             )
         )
-    if c.devices_per_node < 0:
-        add(
-            Problem(
-                "cluster.devices_per_node",
-                c.devices_per_node,
-                "must be 0 (from the accelerator) or positive.",
-                "set cluster.devices_per_node=0.",
-            )
-        )
     if c.auto_resume and c.executor != ExecutorKind.slurm:
-        add(
+        out.append(
             Problem(
                 "cluster.auto_resume",
                 c.auto_resume,
-                "auto-resume is a HyperPod Slurm option (srun "
-                "--auto-resume=1); it has no meaning for the local executor.",
+                "auto-resume is a HyperPod Slurm option (srun --auto-resume=1); it has no meaning for the local "
+                "executor.",
                 "set cluster.auto_resume=false.",
             )
         )
-    if tp >= 1 and pp >= 1 and c.nodes >= 1 and d.world_size > 0:
-        if d.world_size % (tp * pp):
-            need = tp * pp
-            add(
-                Problem(
-                    "cluster.nodes",
-                    c.nodes,
-                    f"tp ({tp}) x pp ({pp}) = {need} must divide the world size: {c.nodes} nodes x "
-                    f"{d.devices_per_node} devices per node = {d.world_size}.",
-                    f"use a node count that makes the world a multiple of {need}, e.g. cluster.nodes="
-                    f"{max(1, -(-need // d.devices_per_node))}.",
-                )
+    degrees = {"parallel.tensor_parallel_degree", "parallel.pipeline_parallel_degree", "cluster.nodes"}
+    if bad & degrees or d.world_size <= 0:
+        return out
+    need = tp * pp
+    if d.world_size % need:
+        out.append(
+            Problem(
+                "cluster.nodes",
+                c.nodes,
+                f"tp ({tp}) x pp ({pp}) = {need} must divide the world size: {c.nodes} nodes x "
+                f"{d.devices_per_node} devices per node = {d.world_size}.",
+                f"use a node count that makes the world a multiple of {need}, e.g. cluster.nodes="
+                f"{max(1, -(-need // d.devices_per_node))}.",
             )
-        elif p.data_parallel_degree > 0 and tp * pp * p.data_parallel_degree != d.world_size:
-            add(
-                Problem(
-                    "parallel.data_parallel_degree",
-                    p.data_parallel_degree,
-                    f"tp ({tp}) x pp ({pp}) x dp ({p.data_parallel_degree}) = "
-                    f"{tp * pp * p.data_parallel_degree} != world size {d.world_size} ({c.nodes} nodes x "
-                    f"{d.devices_per_node} devices).",
-                    f"set parallel.data_parallel_degree=-1 (derives {d.world_size // (tp * pp)}).",
-                )
+        )
+    elif p.data_parallel_degree > 0 and need * p.data_parallel_degree != d.world_size:
+        out.append(
+            Problem(
+                "parallel.data_parallel_degree",
+                p.data_parallel_degree,
+                f"tp ({tp}) x pp ({pp}) x dp ({p.data_parallel_degree}) = {need * p.data_parallel_degree} != "
+                f"world size {d.world_size} ({c.nodes} nodes x {d.devices_per_node} devices).",
+                f"set parallel.data_parallel_degree=-1 (derives {d.world_size // need}).",
             )
-        elif d.data_parallel < 1:
-            add(
-                Problem(
-                    "cluster.nodes",
-                    c.nodes,
-                    f"the world size {d.world_size} is smaller than tp x pp = {tp * pp}.",
-                    f"set cluster.nodes to at least {-(-tp * pp // d.devices_per_node)}.",
-                )
+        )
+    elif d.data_parallel < 1:
+        out.append(
+            Problem(
+                "cluster.nodes",
+                c.nodes,
+                f"the world size {d.world_size} is smaller than tp x pp = {need}.",
+                f"set cluster.nodes to at least {-(-need // d.devices_per_node)}.",
             )
+        )
+    return out
 
-    # --- batch, steps, optimizer
-    if t.micro_batch_size < 1:
-        add(
-            Problem(
-                "trainer.micro_batch_size",
-                t.micro_batch_size,
-                "must be at least 1.",
-                "set trainer.micro_batch_size=1.",
-            )
-        )
-    if t.global_batch_size < 1:
-        add(
-            Problem(
-                "trainer.global_batch_size",
-                t.global_batch_size,
-                "must be at least 1.",
-                "set trainer.global_batch_size to dp x micro-batch x accumulation.",
-            )
-        )
-    elif (
-        t.micro_batch_size >= 1
-        and d.data_parallel >= 1
-        and t.global_batch_size % (d.data_parallel * t.micro_batch_size)
-    ):
+
+def schedule_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
+    """Batch, steps and optimizer rules that relate two keys (single-key ranges are in RANGES)."""
+    t, o = cfg.trainer, cfg.optim
+    out: list[Problem] = []
+    batch_keys = {"trainer.global_batch_size", "trainer.micro_batch_size"}
+    if not bad & batch_keys and d.data_parallel >= 1 and t.global_batch_size % (d.data_parallel * t.micro_batch_size):
         unit = d.data_parallel * t.micro_batch_size
         nearest = max(unit, t.global_batch_size // unit * unit)
-        add(
+        out.append(
             Problem(
                 "trainer.global_batch_size",
                 t.global_batch_size,
@@ -342,39 +315,8 @@ def validate(composed: Composed) -> list[str]:
                 f"use a multiple of {unit}, e.g. trainer.global_batch_size={nearest}.",
             )
         )
-    if t.max_steps < 1:
-        add(Problem("trainer.max_steps", t.max_steps, "must be positive.", "set trainer.max_steps=1000."))
-    if t.steps_this_run == 0 or t.steps_this_run < -1:
-        add(
-            Problem(
-                "trainer.steps_this_run",
-                t.steps_this_run,
-                "must be -1 (run to max_steps) or positive.",
-                "set trainer.steps_this_run=-1.",
-            )
-        )
-    for key, val in (
-        ("trainer.checkpoint_interval", t.checkpoint_interval),
-        ("trainer.eval_interval", t.eval_interval),
-        ("trainer.eval_batches", t.eval_batches),
-    ):
-        if val < 0:
-            add(Problem(key, val, "must be 0 (off) or positive.", f"set {key}=0."))
-    if t.log_interval < 1:
-        add(Problem("trainer.log_interval", t.log_interval, "must be at least 1.", "set trainer.log_interval=1."))
-    if t.keep_last == 0 or t.keep_last < -1:
-        add(
-            Problem(
-                "trainer.keep_last",
-                t.keep_last,
-                "must be -1 (keep all) or at least 1.",
-                "set trainer.keep_last=2.",
-            )
-        )
-    if not o.lr > 0:
-        add(Problem("optim.lr", o.lr, "the learning rate must be positive.", "set e.g. optim.lr=3e-4."))
-    elif not 0 <= o.min_lr <= o.lr:
-        add(
+    if "optim.lr" not in bad and not 0 <= o.min_lr <= o.lr:
+        out.append(
             Problem(
                 "optim.min_lr",
                 o.min_lr,
@@ -382,8 +324,8 @@ def validate(composed: Composed) -> list[str]:
                 f"set optim.min_lr={o.lr / 10:g}.",
             )
         )
-    if o.warmup_steps < 0 or (t.max_steps > 0 and o.warmup_steps > t.max_steps):
-        add(
+    if o.warmup_steps < 0 or ("trainer.max_steps" not in bad and o.warmup_steps > t.max_steps):
+        out.append(
             Problem(
                 "optim.warmup_steps",
                 o.warmup_steps,
@@ -391,24 +333,15 @@ def validate(composed: Composed) -> list[str]:
                 f"set optim.warmup_steps={min(max(t.max_steps // 10, 0), 2000)}.",
             )
         )
-    for key, val in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
-        if not 0 <= val < 1:
-            add(Problem(key, val, "Adam betas must be in [0, 1).", f"set {key}=0.9."))
-    if o.grad_clip < 0:
-        add(Problem("optim.grad_clip", o.grad_clip, "must be 0 (off) or positive.", "set optim.grad_clip=1.0."))
+    return out
 
-    # --- data
-    if data.seq_len < 2:
-        add(
-            Problem(
-                "data.seq_len",
-                data.seq_len,
-                "must be at least 2 (a block predicts its next tokens).",
-                "set data.seq_len=2048.",
-            )
-        )
-    elif data.seq_len > m.max_position_embeddings:
-        add(
+
+def data_problems(cfg: JobConfig, bad: set[str]) -> list[Problem]:
+    """The corpus and the tokenizer: what the data stage would refuse, found before it runs."""
+    data, m = cfg.data, cfg.model
+    out: list[Problem] = []
+    if not bad & {"data.seq_len", "model.max_position_embeddings"} and data.seq_len > m.max_position_embeddings:
+        out.append(
             Problem(
                 "data.seq_len",
                 data.seq_len,
@@ -416,41 +349,12 @@ def validate(composed: Composed) -> list[str]:
                 f"set data.seq_len={m.max_position_embeddings} or less.",
             )
         )
-    if not 0 <= data.val_fraction < 1:
-        add(Problem("data.val_fraction", data.val_fraction, "must be in [0, 1).", "set data.val_fraction=0.01."))
-    if data.sample_documents < 0:
-        add(
-            Problem(
-                "data.sample_documents",
-                data.sample_documents,
-                "is how many of the sample corpus's documents to use and cannot be negative.",
-                "set data.sample_documents=0 (all of them) or a positive count such as 100.",
-            )
-        )
-    if data.num_proc < 0:
-        add(Problem("data.num_proc", data.num_proc, "must be 0 (all cores) or positive.", "set data.num_proc=0."))
     if data.source == DataSource.files:
-        if not data.paths:
-            add(
-                Problem(
-                    "data.paths",
-                    data.paths,
-                    "data=files needs at least one file or glob.",
-                    "pass 'data.paths=[\"corpus/*.txt\"]' (quote it for the shell).",
-                )
-            )
-        for pattern in data.paths:
-            if not glob.glob(os.path.expanduser(pattern), recursive=True):
-                add(
-                    Problem(
-                        "data.paths",
-                        pattern,
-                        "matches no file.",
-                        "check the path; globs are expanded by the launcher, so quote them in the shell.",
-                    )
-                )
+        from data.sources import resolve
+
+        out += resolve(data.paths)[1]
     if data.source == DataSource.hub and not data.hub_dataset:
-        add(
+        out.append(
             Problem(
                 "data.hub_dataset",
                 data.hub_dataset,
@@ -458,41 +362,65 @@ def validate(composed: Composed) -> list[str]:
                 "set data.hub_dataset=<org/name>, or use data=files.",
             )
         )
-    _check_tokenizer(cfg, add)
+    tokenizer, byte_level = tokenizer_problems(cfg)
+    out += tokenizer
+    if not out and not bad & {r.key for r in data_rules.RANGES}:
+        out += data_rules.split_problems(data, byte_level)
+    return out
 
-    # --- stages
-    for s in cfg.stages:
-        if s not in applicable(cfg):
-            add(
+
+def tokenizer_problems(cfg: JobConfig) -> tuple[list[Problem], bool]:
+    """Problems of data.tokenizer, and whether it is a known byte-level BPE (the split estimate needs one)."""
+    tok = cfg.data.tokenizer
+    if tok == "sample":
+        return [], True
+    if paths.is_hub_id(tok):
+        return [], False
+    path = Path(os.path.expanduser(tok))
+    if not (path / "tokenizer.json").is_file():
+        state = "has no tokenizer.json" if path.exists() else "does not exist"
+        return [
+            Problem(
+                "data.tokenizer",
+                tok,
+                f"is neither 'sample', a hub id, nor a folder holding tokenizer.json ({path} {state}).",
+                "point it at a folder saved with tokenizer.save_pretrained(), or use a hub id.",
+            )
+        ], False
+    facts = data_rules.tokenizer_facts(path)
+    if facts.vocab_size > cfg.model.vocab_size:
+        return [
+            Problem(
+                "data.tokenizer",
+                tok,
+                f"its vocabulary ({facts.vocab_size} tokens) does not fit model.vocab_size "
+                f"({cfg.model.vocab_size}, model={cfg.model.name}).",
+                "use the model's own tokenizer, or a model with a larger vocabulary.",
+            )
+        ], facts.byte_level
+    return [], facts.byte_level
+
+
+def stage_problems(composed: Composed, d: Derived, config_ok: bool) -> list[Problem]:
+    """The stages asked for: they apply, their inputs exist (checked only for a good config), they can run here."""
+    cfg, c = composed.cfg, composed.cfg.cluster
+    out: list[Problem] = []
+    can = applicable(cfg)
+    for stage in cfg.stages:
+        if stage not in can:
+            out.append(
                 Problem(
                     "stages",
                     cfg.stages,
-                    f"stage {s.value} does not apply to this config "
-                    f"(it applies: {', '.join(x.value for x in applicable(cfg))}).",
-                    f"drop {s.value} from stages, or leave stages=[] to run every stage that applies.",
+                    f"stage {stage.value} does not apply to this config "
+                    f"(it applies: {', '.join(x.value for x in can)}).",
+                    f"drop {stage.value} from stages, or leave stages=[] to run every stage that applies.",
                 )
             )
-    if cfg.stages and not problems:
-        run_dir = resolve_run_dir(composed)
-        chosen = set(cfg.stages)
-        for s in cfg.stages:
-            for need in SPECS[s].needs:
-                if need in chosen or need not in applicable(cfg):
-                    continue
-                done, why = is_complete(need, cfg, run_dir)
-                if not done and not (need == Stage.download and not needs_download(cfg)):
-                    add(
-                        Problem(
-                            "stages",
-                            cfg.stages,
-                            f"stage {s.value} reads the output of stage {need.value} "
-                            f"({paths.final_dir(need, cfg, run_dir)}), which is missing: {why}.",
-                            f"add {need.value} to stages (stages=[{need.value},{s.value}]) or leave "
-                            f"stages=[] to run everything that applies.",
-                        )
-                    )
+    if cfg.stages and config_ok and not out:
+        out += _missing_inputs(cfg, resolve_run_dir(composed))
     if c.executor == ExecutorKind.slurm and not cfg.dry_run:
-        add(
+        out.append(
             Problem(
                 "cluster.executor",
                 c.executor,
@@ -502,7 +430,7 @@ def validate(composed: Composed) -> list[str]:
         )
     nxd_jobs = [s.value for s in selected(cfg) if s in (Stage.compile, Stage.train)]
     if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
-        add(
+        out.append(
             Problem(
                 "cluster.accelerator",
                 c.accelerator,
@@ -513,7 +441,7 @@ def validate(composed: Composed) -> list[str]:
                 "cluster.accelerator=trn2 (the torch backend through TorchNeuron), cuda or cpu.",
             )
         )
-    return [pr.render(composed) for pr in problems]
+    return out
 
 
 def local_devices(accelerator: Accelerator) -> tuple[int, str]:
@@ -554,41 +482,27 @@ def local_devices(accelerator: Accelerator) -> tuple[int, str]:
     return -1, ""
 
 
-def _check_tokenizer(cfg, add) -> None:
-    tok = cfg.data.tokenizer
-    if tok == "sample" or paths.is_hub_id(tok):
-        return
-    path = Path(os.path.expanduser(tok))
-    if not (path / "tokenizer.json").is_file():
-        add(
-            Problem(
-                "data.tokenizer",
-                tok,
-                f"is neither 'sample', a hub id, nor a folder holding tokenizer.json ({path} "
-                f"{'has no tokenizer.json' if path.exists() else 'does not exist'}).",
-                "point it at a folder saved with tokenizer.save_pretrained(), or use a hub id.",
-            )
-        )
-        return
-    size = tokenizer_vocab_size(path)
-    if size > cfg.model.vocab_size:
-        add(
-            Problem(
-                "data.tokenizer",
-                tok,
-                f"its vocabulary ({size} tokens) does not fit model.vocab_size "
-                f"({cfg.model.vocab_size}, model={cfg.model.name}).",
-                "use the model's own tokenizer, or a model with a larger vocabulary.",
-            )
-        )
-
-
-def tokenizer_vocab_size(folder: Path) -> int:
-    """Vocabulary size from tokenizer.json without importing tokenizers (keeps the launcher light)."""
-    spec = json.loads((folder / "tokenizer.json").read_text())
-    ids = list(spec.get("model", {}).get("vocab", {}).values())
-    ids += [t["id"] for t in spec.get("added_tokens", [])]
-    return max(ids) + 1 if ids else 0
+def _missing_inputs(cfg: JobConfig, run_dir: Path) -> list[Problem]:
+    """A chosen stage whose input stage is neither chosen nor complete on disk."""
+    out: list[Problem] = []
+    chosen, can = set(cfg.stages), applicable(cfg)
+    for stage in cfg.stages:
+        for need in SPECS[stage].needs:
+            if need in chosen or need not in can or (need == Stage.download and not needs_download(cfg)):
+                continue
+            done, why = is_complete(need, cfg, run_dir)
+            if not done:
+                out.append(
+                    Problem(
+                        "stages",
+                        cfg.stages,
+                        f"stage {stage.value} reads the output of stage {need.value} "
+                        f"({paths.final_dir(need, cfg, run_dir)}), which is missing: {why}.",
+                        f"add {need.value} to stages (stages=[{need.value},{stage.value}]) or leave "
+                        f"stages=[] to run everything that applies.",
+                    )
+                )
+    return out
 
 
 def resolve_run_dir(composed: Composed) -> Path:

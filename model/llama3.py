@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import rules
 from model.config import ModelConfig
 
 
@@ -177,17 +178,7 @@ class Llama3(nn.Module):
 def build(cfg: ModelConfig, device: str | torch.device = "cpu") -> Llama3:
     """Model on `device`, initialised by `init_weights()` (unseeded; call `init_weights(seed)` for a seeded
     draw). On "meta" nothing is initialised: `to_empty(device=...)` then `init_weights` after sharding."""
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ValueError(
-            f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_attention_heads="
-            f"{cfg.num_attention_heads}; the head dimension must be an integer. Fix one of the two."
-        )
-    if cfg.num_attention_heads % cfg.num_key_value_heads:
-        raise ValueError(
-            f"model.num_attention_heads={cfg.num_attention_heads} is not a multiple of "
-            f"model.num_key_value_heads={cfg.num_key_value_heads}; grouped-query attention needs it. "
-            "Fix one of the two."
-        )
+    rules.raise_if(rules.architecture_problems(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads))
     with torch.device(device):
         model = Llama3(cfg)
     if torch.device(device).type != "meta":

@@ -30,6 +30,7 @@ from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from model import rules
 from model.config import DataParallelMode, ModelConfig, ParallelConfig
 from model.llama3 import Llama3
 
@@ -42,33 +43,8 @@ def build_mesh(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:
 
 
 def check_tp(cfg: ModelConfig, tp: int) -> None:
-    """Divisibility TP needs here (no K/V replication on this backend, unlike NxD's kv_size_multiplier)."""
-    bad = [
-        f"model.{name}={value} is not divisible by parallel.tensor_parallel_degree={tp}"
-        for name, value in (
-            ("num_attention_heads", cfg.num_attention_heads),
-            ("num_key_value_heads", cfg.num_key_value_heads),
-            ("intermediate_size", cfg.intermediate_size),
-            ("vocab_size", cfg.vocab_size),
-        )
-        if value % tp
-    ]
-    if bad:
-        raise ValueError(
-            "Tensor parallelism on the torch backend shards whole heads and equal slices: "
-            + "; ".join(bad)
-            + ". K/V heads are not replicated on this backend, so choose a tensor_parallel_degree that divides "
-            "the key/value head count (e.g. parallel.tensor_parallel_degree=" + str(_largest_divisor(cfg)) + ")."
-        )
-
-
-def _largest_divisor(cfg: ModelConfig) -> int:
-    return max(
-        d
-        for d in range(1, cfg.num_key_value_heads + 1)
-        if not (cfg.num_key_value_heads % d or cfg.num_attention_heads % d or cfg.intermediate_size % d)
-        and not cfg.vocab_size % d
-    )
+    """What TP needs here (no K/V replication on this backend, unlike NxD's kv_size_multiplier): model/rules.py."""
+    rules.raise_if(rules.torch_tp_problems(cfg, tp))
 
 
 def apply_tp(model: Llama3, tp_mesh: DeviceMesh) -> None:
@@ -80,12 +56,6 @@ def apply_tp(model: Llama3, tp_mesh: DeviceMesh) -> None:
     if model.output is not None:
         # Gathered logits keep loss_fn unchanged; loss_parallel would save the gather at the cost of a seam.
         top["output"] = ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
-    if model.cfg.tie_word_embeddings and top:
-        raise ValueError(
-            "model.tie_word_embeddings=true cannot be tensor-parallel on the torch backend: the embedding "
-            "(vocabulary rows) and the output head (vocabulary columns) would need the same shard. Use "
-            "parallel.tensor_parallel_degree=1 for tied models (the Llama 3.2 1B/3B sizes)."
-        )
     parallelize_module(model, tp_mesh, top)
     if model.tok_embeddings is not None:
         _keep_grad_layout(model.tok_embeddings.weight)
@@ -147,10 +117,7 @@ def apply_activation_checkpointing(model: Llama3, mode: str) -> None:
     ones that checkpoints and weight-decay groups use)."""
     if mode == "none":
         return
-    if mode not in ("full", "selective"):
-        raise ValueError(
-            f"parallel.activation_checkpointing={mode!r} is not one of none, selective, full. Set one of these."
-        )
+    rules.raise_if(rules.activation_checkpointing_problems(mode))
     for block in model.layers.values():
         block.forward = _checkpointed(block.forward, selective=mode == "selective")
 
@@ -183,11 +150,7 @@ def parallelize(model: Llama3, *, mesh: DeviceMesh, parallel_cfg: ParallelConfig
     each rank's (identical) copy. `bf16`: FSDP computes in bf16 with float32 master weights."""
     mode = DataParallelMode(parallel_cfg.data_parallel_mode)
     assert mesh.mesh_dim_names == MESH_AXES, mesh.mesh_dim_names
-    if parallel_cfg.pipeline_parallel_degree != 1:
-        raise ValueError(
-            f"parallel.pipeline_parallel_degree={parallel_cfg.pipeline_parallel_degree}: pipeline parallelism "
-            "is not implemented on the torch backend yet. Set it to 1 (use tp and dp), or use backend nxd."
-        )
+    rules.raise_if(rules.torch_pipeline_problems(parallel_cfg.pipeline_parallel_degree))
     tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
     if tp_mesh.size() > 1:
         apply_tp(model, tp_mesh)

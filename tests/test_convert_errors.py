@@ -54,11 +54,11 @@ def test_corrupt_header_is_named(tmp_path, hf, capsys):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--tp_size", "3"], "num_attention_heads 8 does not divide by tp_size 3"),
-        (["--tp_size", "2", "--pp_size", "3"], "num_hidden_layers 4 does not divide by pp_size 3"),
-        (["--tp_size", "4", "--qkv_linear", "1", "--kv_size_multiplier", "4"], "use kv_size_multiplier 2"),
+        (["--tp_size", "3"], "--tp_size=3: must divide num_attention_heads (8), vocab_size (128)"),
+        (["--tp_size", "2", "--pp_size", "3"], "--pp_size=3: must divide num_hidden_layers (4)"),
+        (["--tp_size", "4", "--qkv_linear", "1", "--kv_size_multiplier", "4"], "Fix: set --kv_size_multiplier=2."),
         (["--tp_size", "2", "--n_layers", "80"], "--n_layers 80 disagrees with num_hidden_layers 4"),
-        (["--tp_size", "2", "--hw_backend", "trn2"], "hw_backend 'trn2' is not supported"),
+        (["--tp_size", "2", "--hw_backend", "trn2"], "--hw_backend=trn2: is not supported"),
     ],
 )
 def test_layout_errors(tmp_path, hf, capsys, args, needle):

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from launcher.cli import main
+from launcher.compose import ConfigError, compose
+from launcher.validate import find_problems, validate
 from tests.conftest import run_cli, tree
 
 H70 = ["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod", "dry_run=true"]
@@ -38,7 +40,7 @@ CASES = [
     ("bare-word", ["statuss"], ["statuss", "key=value"]),
     (
         "heads-not-divisible-by-tp",
-        [*H8, "parallel.tensor_parallel_degree=24"],
+        [*H8, "parallel.tensor_parallel_degree=24", "parallel.kv_size_multiplier=3", "cluster.nodes=3"],
         ["parallel.tensor_parallel_degree=24", "num_attention_heads (32", "16, 32"],
     ),
     (
@@ -63,7 +65,7 @@ CASES = [
     ),
     (
         "layers-not-divisible-by-pp",
-        [*H70, "parallel.pipeline_parallel_degree=3"],
+        [*H70, "parallel.pipeline_parallel_degree=3", "cluster.nodes=3"],
         ["parallel.pipeline_parallel_degree=3", "num_hidden_layers (80)", "10, 16, 20, 40"],
     ),
     (
@@ -182,7 +184,79 @@ CASES = [
         ["cluster.accelerator=trn1", "trainer.global_batch_size=256"],
         ["cluster.accelerator=trn1", "does not run compile or train", "dry_run=true", "cluster.accelerator=trn2"],
     ),
+    ("zero-heads", ["model.num_attention_heads=0", "dry_run=true"], ["model.num_attention_heads=0", "at least 1"]),
+    ("eps-zero", ["optim.eps=0", "dry_run=true"], ["optim.eps=0.0", "must be positive", "optim.eps=1e-8"]),
+    (
+        "activation-checkpointing",
+        ["parallel.activation_checkpointing=most", "dry_run=true"],
+        ["parallel.activation_checkpointing=most", "none, selective, full"],
+    ),
+    (
+        "torch-tp-of-tied-embeddings",
+        ["+model=llama3_2_1b", "parallel=cpu_tp2", "dry_run=true"],
+        ["model.tie_word_embeddings=True", "parallel.tensor_parallel_degree=1"],
+    ),
+    (
+        "sample-smaller-than-a-block",
+        ["data.sample_documents=1", "dry_run=true"],
+        ["data.seq_len=256", "smaller than one block", "at most", "estimated before tokenizing", "data.val_fraction"],
+    ),
 ]
+# The one key each case's problem names (composition errors: the key or option the paragraph starts with).
+KEYS = {
+    "unknown-parallel-option": "parallel=tp64",
+    "model-without-plus": "model=llama3_70b",
+    "unknown-model-option": "model=llama3_7b",
+    "unknown-key-typo": "optim.lrr",
+    "unknown-nested-key": "parallel.tensor_paralel_degree",
+    "unknown-top-key": "foo",
+    "plus-on-plain-key": "+optim.lr=1",
+    "wrong-type-float": "optim.lr=abc",
+    "wrong-type-int": "trainer.max_steps=1.5",
+    "bad-enum": "data.format=foo",
+    "bad-stage-name": "stages",
+    "stages-not-a-list": "stages=data",
+    "bare-word": "Command-line argument 'statuss'",
+    "heads-not-divisible-by-tp": "parallel.tensor_parallel_degree",
+    "tp-not-divisible-by-kvm": "parallel.kv_size_multiplier",
+    "kv-heads-times-kvm-not-tp": "parallel.kv_size_multiplier",
+    "torch-kv-heads-not-divisible": "parallel.tensor_parallel_degree",
+    "torch-pipeline-refused": "parallel.pipeline_parallel_degree",
+    "layers-not-divisible-by-pp": "parallel.pipeline_parallel_degree",
+    "world-not-multiple-of-tp-pp": "cluster.nodes",
+    "explicit-dp-mismatch": "parallel.data_parallel_degree",
+    "global-batch-not-divisible": "trainer.global_batch_size",
+    "global-batch-vs-micro": "trainer.global_batch_size",
+    "seq-len-too-long": "data.seq_len",
+    "seq-len-too-short": "data.seq_len",
+    "max-steps-zero": "trainer.max_steps",
+    "lr-zero": "optim.lr",
+    "min-lr-above-lr": "optim.min_lr",
+    "warmup-longer-than-run": "optim.warmup_steps",
+    "steps-this-run-zero": "trainer.steps_this_run",
+    "keep-last-zero": "trainer.keep_last",
+    "val-fraction": "data.val_fraction",
+    "kv-heads-not-dividing-heads": "model.num_key_value_heads",
+    "hidden-not-divisible-by-heads": "model.hidden_size",
+    "pretrained-without-path": "model.init",
+    "pretrained-path-missing": "model.pretrained_path",
+    "tokenizer-folder-missing": "data.tokenizer",
+    "files-without-paths": "data.paths",
+    "files-glob-matches-nothing": "data.paths",
+    "local-multi-node": "cluster.nodes",
+    "auto-resume-local": "cluster.auto_resume",
+    "nxd-backend-on-cpu": "trainer.backend",
+    "stage-not-applicable": "stages",
+    "stage-input-missing": "stages",
+    "slurm-submission": "cluster.executor",
+    "negative-sample-documents": "data.sample_documents",
+    "nxd-training-not-run-yet": "cluster.accelerator",
+    "zero-heads": "model.num_attention_heads",
+    "eps-zero": "optim.eps",
+    "activation-checkpointing": "parallel.activation_checkpointing",
+    "torch-tp-of-tied-embeddings": "model.tie_word_embeddings",
+    "sample-smaller-than-a-block": "data.seq_len",
+}
 
 
 @pytest.mark.parametrize("argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -198,8 +272,19 @@ def test_bad_config_is_rejected_before_anything_is_written(isolated, capsys, arg
     assert tree(isolated.parent) == ["work"], tree(isolated.parent)
 
 
-def test_at_least_25_distinct_bad_configurations():
-    assert len({c[0] for c in CASES}) == len(CASES) >= 25
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_each_bad_configuration_is_exactly_one_problem_naming_its_key(isolated, case):
+    # Through the product's own composition and validate(): one problem per bad setting, no knock-on noise.
+    argv = next(c[1] for c in CASES if c[0] == case)
+    try:
+        composed = compose(argv)
+    except ConfigError as err:
+        assert len(err.problems) == 1, err.problems
+        assert err.problems[0].startswith(KEYS[case]), err.problems[0]
+        return
+    found = find_problems(composed)
+    assert [p.key for p in found] == [KEYS[case]], found
+    assert validate(composed)[0].startswith(f"{KEYS[case]}=")
 
 
 def test_every_problem_is_reported_at_once(isolated, capsys):

@@ -171,5 +171,5 @@ def test_missing_folder_contents_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"config\.json does not exist"):
         load_hf(build(CFG), tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(to_hf_config(CFG)))
-    with pytest.raises(ValueError, match=r"No \*\.safetensors"):
+    with pytest.raises(ValueError, match=r"has no \*\.safetensors"):
         load_hf(build(CFG), tmp_path)
