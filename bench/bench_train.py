@@ -82,8 +82,9 @@ def job(impl: str, size: str, steps: int, warmup: int, threads: int, precision: 
     ids = torch.randint(2, cfg.model.vocab_size, (batch, seq), generator=gen)
     if impl == "ours":
         from train.backend_torch import TorchBackend
+        from train.stage_train import train_job
 
-        backend = TorchBackend(cfg)
+        backend = TorchBackend(train_job(cfg, Path("unused-run")))
         backend.setup()
         backend.build(resuming=False)
         params = _params(backend.model)

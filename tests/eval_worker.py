@@ -15,6 +15,7 @@ from train_testlib import small_config
 from data.loader import eval_batches
 from model.config import DataParallelMode
 from train.backend_torch import TorchBackend
+from train.stage_train import train_job
 
 
 class FakeSplit:
@@ -33,7 +34,7 @@ def main() -> None:
     cfg.parallel.data_parallel_degree, cfg.parallel.tensor_parallel_degree = dp, tp
     cfg.parallel.data_parallel_mode = DataParallelMode(mode)
     cfg.trainer.collective_timeout_s = 120
-    backend = TorchBackend(cfg)
+    backend = TorchBackend(train_job(cfg, Path("unused-run")))
     backend.setup()
     backend.build(resuming=False)
     from model import llama3

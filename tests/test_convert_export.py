@@ -41,9 +41,10 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
 
     from checkpoint import train_state as ckpt
     from train.backend_torch import TorchBackend
+    from train.stage_train import train_job
 
     cfg = _cfg(2, 2)
-    backend = TorchBackend(cfg)
+    backend = TorchBackend(train_job(cfg, Path(run_dir)))
     backend.setup()
     try:
         backend.build(resuming=False)

@@ -84,8 +84,9 @@ def test_missing_dataset_stops_before_writing_anything(prepared, tmp_path):  # n
     cfg.data.output_dir = str(tmp_path / "no-such-dataset")
     err = _error(run_job(run_dir, cfg), run_dir)
     assert f"The prepared dataset {tmp_path / 'no-such-dataset'} " in err and "Run the data stage first" in err
-    # The job wrapper makes the (empty) checkpoints folder; the loop stopped before writing into it.
-    assert not list((run_dir / "checkpoints").glob("*")) and not (run_dir / "tensorboard").exists()
+    # The job runner makes the checkpoints folder (and records the config training is made from there); the loop
+    # stopped before writing a checkpoint or a TensorBoard event into it.
+    assert not list((run_dir / "checkpoints").glob("step_*")) and not (run_dir / "tensorboard").exists()
 
 
 def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run):  # noqa: F811

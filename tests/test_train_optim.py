@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,8 +152,9 @@ def _step_config(precision: str = "fp32", mode: str = "ddp"):
 def _backend(cfg):
     """The real torch backend in this process: a one-rank gloo group (in-memory store), torn down after."""
     from train.backend_torch import TorchBackend
+    from train.stage_train import train_job
 
-    backend = TorchBackend(cfg)
+    backend = TorchBackend(train_job(cfg, Path("unused-run")))
     backend.setup()
     try:
         backend.build(resuming=False)

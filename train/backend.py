@@ -15,9 +15,8 @@ from typing import Protocol
 
 import torch
 
-from core.arithmetic import backend_for
-from core.config import JobConfig
 from train.config import Backend
+from train.job import TrainJob
 
 
 @dataclass
@@ -59,14 +58,14 @@ class TrainBackend(Protocol):
     def teardown(self) -> None: ...
 
 
-def make_backend(cfg: JobConfig) -> TrainBackend:
-    kind = backend_for(cfg)
+def make_backend(job: TrainJob) -> TrainBackend:
+    kind = job.backend
     if kind == Backend.torch:
         from train.backend_torch import TorchBackend
 
-        return TorchBackend(cfg)
+        return TorchBackend(job)
     raise ValueError(
-        f"trainer.backend resolves to {kind.value!r} (cluster.accelerator={cfg.cluster.accelerator.value}), whose "
+        f"trainer.backend resolves to {kind.value!r} (cluster.accelerator={job.accelerator.value}), whose "
         "training loop is not implemented yet: the nxd backend (trn1, XLA) plugs into train/backend.py later. "
         "Use cluster.accelerator=trn2 (TorchNeuron), cuda or cpu, or set trainer.backend=torch."
     )

@@ -24,12 +24,11 @@ import torch.distributed as dist
 from torch import nn
 
 from checkpoint.steps import rank_file_name
-from core.arithmetic import derive
-from core.config import Accelerator, JobConfig
-from core.paths import pretrained_dir
-from model.config import DataParallelMode, Init
+from core.config import Accelerator
+from model.config import DataParallelMode
 from train.backend import StepResult
 from train.config import Precision
+from train.job import TrainJob
 from train.optim import build_optimizer, build_scheduler
 
 DEVICE = {
@@ -63,10 +62,10 @@ def _to_saveable(value: Any) -> Any:
 
 
 class TorchBackend:
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-        self.derived = derive(cfg)
-        self.device_type, self.pg_backend = DEVICE[cfg.cluster.accelerator]
+    def __init__(self, job: TrainJob):
+        self.job = job
+        self.derived = job.derived
+        self.device_type, self.pg_backend = DEVICE[job.accelerator]
         self.rank, self.world_size, self.local_rank = 0, 1, 0
         self.dp_rank, self.dp_size, self.tp_rank = 0, 1, 0
         self.model: nn.Module
@@ -76,7 +75,7 @@ class TorchBackend:
 
     # -- setup ---------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        t = self.cfg.trainer
+        t = self.job.trainer
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         self.rank = int(os.environ.get("RANK", "0"))
@@ -116,26 +115,26 @@ class TorchBackend:
         from model import llama3
         from model.parallelize_torch import parallelize
 
-        cfg = self.cfg
-        model = llama3.build(cfg.model, device="meta")
+        job = self.job
+        model = llama3.build(job.model, device="meta")
         model.to_empty(device=self.device)
         # Same seed on every rank, full weights everywhere, then TP/FSDP slice them (resume overwrites them).
-        model.init_weights(cfg.trainer.seed)
-        if cfg.model.init == Init.pretrained and not resuming:
+        model.init_weights(job.trainer.seed)
+        if job.pretrained_dir is not None and not resuming:
             from checkpoint.hf_load import load_hf
 
-            load_hf(model, pretrained_dir(cfg), cfg.model)
+            load_hf(model, job.pretrained_dir, job.model)
         self.full_numel = {n: p.numel() for n, p in model.named_parameters()}
         self.model = parallelize(
-            model, mesh=self.mesh, parallel_cfg=cfg.parallel, bf16=Precision(cfg.trainer.precision) == Precision.bf16
+            model, mesh=self.mesh, parallel_cfg=job.parallel, bf16=Precision(job.trainer.precision) == Precision.bf16
         )
-        self.fsdp = cfg.parallel.data_parallel_mode == DataParallelMode.fsdp
-        bf16 = Precision(cfg.trainer.precision) == Precision.bf16
+        self.fsdp = job.parallel.data_parallel_mode == DataParallelMode.fsdp
+        bf16 = Precision(job.trainer.precision) == Precision.bf16
         # FSDP's MixedPrecisionPolicy casts parameters itself; otherwise bf16 means autocast around forward.
         self.autocast = bf16 and not self.fsdp
         self._named = self._capture_tensors()
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        self.optimizer = build_optimizer(self.model, job.optim)
+        self.scheduler = build_scheduler(self.optimizer, job.optim, job.trainer.max_steps)
         self._replicated = self._replica_weights()
 
     def _capture_tensors(self) -> dict[str, torch.Tensor]:
@@ -206,7 +205,7 @@ class TorchBackend:
         if not (_finite(loss_v) and _finite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_v, grad_norm, stop > 0)
-        clip = self.cfg.optim.grad_clip
+        clip = self.job.optim.grad_clip
         if clip > 0:
             coef = min(1.0, clip / (grad_norm + 1e-6))
             if coef < 1.0:
@@ -257,7 +256,7 @@ class TorchBackend:
         mine = torch.tensor([len(batches)], device=self.device, dtype=torch.int64)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
         rounds = int(mine.item())
-        pad = batches[0][:1] if batches else torch.zeros(1, self.cfg.data.seq_len, dtype=torch.int64)
+        pad = batches[0][:1] if batches else torch.zeros(1, self.job.seq_len, dtype=torch.int64)
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         for i in range(rounds):
             ids = (batches[i] if i < len(batches) else pad).to(self.device)

@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint import train_state as ckpt
-from core.arithmetic import derive
-from core.config import JobConfig
-from core.paths import data_dir
-from core.stages import StageContext
 from data.loader import Split, TrainBatches, check_dataset, eval_batches
 from train.backend import TrainBackend
+from train.job import TrainJob
 from train.logging import MetricLogger
 from train.signals import Preempted, StopRequest
 from train.watchdog import Watchdog
@@ -27,49 +24,35 @@ def _window_end(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def train(cfg: JobConfig, backend: TrainBackend, ctx: StageContext, started: float | None = None) -> dict[str, Any]:
-    t = cfg.trainer
+def train(job: TrainJob, backend: TrainBackend, started: float | None = None) -> dict[str, Any]:
+    t = job.trainer
     started = time.perf_counter() if started is None else started
-    info = check_dataset(data_dir(cfg), seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size)
-    root = Path(ctx.final_dir)
+    info = check_dataset(job.dataset_dir, seq_len=job.seq_len, vocab_size=job.model.vocab_size)
+    root = job.checkpoint_dir
     lead = backend.rank == 0
-    dog = Watchdog(t.stall_timeout_s, rank=backend.rank, on_stall=_record_stall(ctx) if lead else None).start()
+    dog = Watchdog(t.stall_timeout_s, rank=backend.rank, on_stall=job.on_stall if lead else None).start()
     try:
-        return _train(cfg, backend, ctx, started, info, root, lead, dog)
+        return _train(job, backend, started, info, root, lead, dog)
     finally:
         dog.stop()
 
 
-def _record_stall(ctx: StageContext):
-    def record(msg: str) -> None:
-        import datetime as dt
-
-        from core.stage_status import write_status
-        from train.watchdog import EXIT_STALLED
-
-        ended = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        write_status(Path(ctx.run_dir), ctx.stage, state="failed", ended=ended, exit_code=EXIT_STALLED, error=msg)
-
-    return record
-
-
 def _train(
-    cfg: JobConfig,
+    job: TrainJob,
     backend: TrainBackend,
-    ctx: StageContext,
     started: float,
     info: Any,
     root: Path,
     lead: bool,
     dog: Watchdog,
 ) -> dict[str, Any]:
-    t = cfg.trainer
+    t = job.trainer
     if lead:
         root.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(root)
     backend.barrier()
-    d = derive(cfg)
-    layout = ckpt.layout(cfg.model, d, cfg.parallel.data_parallel_mode)
+    d = job.derived
+    layout = ckpt.layout(job.model, d, job.parallel.data_parallel_mode)
     resume = ckpt.latest(root)
     backend.build(resuming=resume is not None)
     step = consumed = 0
@@ -83,17 +66,17 @@ def _train(
         if t.resume_changed:  # continuing with changed settings: the config's, not the checkpoint's
             from train.optim import apply_settings
 
-            apply_settings(backend.optimizer, backend.scheduler, cfg.optim)  # type: ignore[attr-defined]
-    log = MetricLogger(Path(ctx.run_dir) / "tensorboard", enabled=lead, resume_step=step, max_steps=t.max_steps)
+            apply_settings(backend.optimizer, backend.scheduler, job.optim)  # type: ignore[attr-defined]
+    log = MetricLogger(job.tensorboard_dir, enabled=lead, resume_step=step, max_steps=t.max_steps)
     log.info(
         f"resumed from {resume} (step {step}, {consumed:,} samples consumed)"
         if resume
-        else f"starting from step 0 ({cfg.model.init.value} init)"
+        else f"starting from step 0 ({job.model.init.value} init)"
     )
     log.info(
         f"{d.parameters:,} parameters | tp {d.tensor_parallel} x dp {d.data_parallel} | global batch "
         f"{t.global_batch_size} = dp {d.data_parallel} x {d.grad_accum_steps} accumulation x micro "
-        f"{t.micro_batch_size} | {d.tokens_per_step:,} tokens/step | {cfg.trainer.precision.value}"
+        f"{t.micro_batch_size} | {d.tokens_per_step:,} tokens/step | {t.precision.value}"
     )
     train_split = Split(info.path / "train")
     val_split = Split(info.path / "validation")
@@ -145,7 +128,7 @@ def _train(
                 good = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
                 raise ValueError(
                     f"Training diverged: the {what} is {value} at step {step} (the optimizer step was skipped); "
-                    f"{good}. Lower optim.lr (now {cfg.optim.lr:g}) or raise optim.warmup_steps, or use "
+                    f"{good}. Lower optim.lr (now {job.optim.lr:g}) or raise optim.warmup_steps, or use "
                     f"trainer.precision=fp32, then rerun: it resumes from the last good checkpoint."
                 )
             losses.append(res.loss)
@@ -170,7 +153,7 @@ def _train(
                 log.validation(step, val_loss, blocks)
             if _window_end(step, t.checkpoint_interval) or step == end or res.stop:
                 dog.beat(step, "checkpoint")
-                last_saved = _save(root, step, backend, cfg, layout, batches.consumed, log, val_initial)
+                last_saved = _save(root, step, backend, job, layout, batches.consumed, log, val_initial)
             if res.stop:
                 log.info(
                     f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
@@ -197,7 +180,7 @@ def _train(
             "startup_seconds": round(startup, 3),
             "seconds": round(time.perf_counter() - started, 3),
             "checkpoint": str(last_saved) if last_saved else None,
-            "tensorboard": str(Path(ctx.run_dir) / "tensorboard"),
+            "tensorboard": str(job.tensorboard_dir),
         }
     )
     if step >= t.max_steps:
@@ -223,7 +206,7 @@ def _save(
     root: Path,
     step: int,
     backend: TrainBackend,
-    cfg: JobConfig,
+    job: TrainJob,
     layout: dict[str, Any],
     consumed: int,
     log: MetricLogger,
@@ -233,7 +216,7 @@ def _save(
     state = {"consumed_samples": consumed, "scheduler": backend.scheduler.state_dict()}
     if val_initial is not None:  # the untrained model's validation loss, for the summaries of resumed runs
         state["val_loss_initial"] = val_initial
-    path = ckpt.save(root, step, io=backend, layout=layout, state=state, keep_last=cfg.trainer.keep_last)
+    path = ckpt.save(root, step, io=backend, layout=layout, state=state, keep_last=job.trainer.keep_last)
     log.flush()
     log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")
     return path
