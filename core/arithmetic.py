@@ -71,6 +71,16 @@ def parameter_count(m: ModelConfig) -> int:
     return v * h + m.num_hidden_layers * layer + h + head
 
 
+# Above this many parameters the nxd backend builds the model on the meta device and lets each rank initialise only
+# its shards (NxD's `meta_device_init`, as its 70B example; the 8B one does not): a full fp32 copy per process
+# (32 per trn1 node) would not fit in host memory. NxD's sequential_move_factor comment: "works for 20B".
+NXD_META_INIT_PARAMETERS = 20_000_000_000
+
+
+def nxd_meta_device_init(m: ModelConfig) -> bool:
+    return parameter_count(m) > NXD_META_INIT_PARAMETERS
+
+
 @dataclass(frozen=True)
 class Derived:
     backend: Backend

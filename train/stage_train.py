@@ -20,7 +20,7 @@ def run(cfg: JobConfig, ctx: StageContext) -> dict[str, Any]:
     from train.backend import make_backend
     from train.loop import train
 
-    backend = make_backend(cfg)
+    backend = make_backend(cfg, ctx.run_dir)
     backend.setup()
     try:
         return train(cfg, backend, ctx, started=started)
