@@ -159,13 +159,17 @@ class Llama3(nn.Module):
         emb_SE = torch.cat((freqs_SE2, freqs_SE2), dim=-1)
         return emb_SE.cos(), emb_SE.sin()
 
+    def rope_for(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for the sequence of h; a seam: NxD's pipeline tracer needs it computed by one leaf module."""
+        return self.rope(h_BSD.shape[1], h_BSD.device)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S) int64 -> float32 logits (B, S, V).
 
         A pipeline stage without embeddings takes the previous stage's hidden states (B, S, D) instead and,
         without an output head, returns hidden states."""
         h = self.tok_embeddings(input_ids) if self.tok_embeddings is not None else input_ids
-        cos, sin = self.rope(h.shape[1], h.device)
+        cos, sin = self.rope_for(h)
         for layer in self.layers.values():
             h = layer(h, cos, sin)
         if self.norm is not None:

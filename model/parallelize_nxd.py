@@ -39,17 +39,47 @@ def arch_of(cfg: ModelConfig) -> Llama3Arch:
     )
 
 
-class NxDLlama3(Llama3):
-    """Llama 3 whose forward returns the loss from vocab-parallel logits (what NxD's trainer and NxDPPModel call):
-    mean next-token cross entropy over the predicted tokens, as model.llama3.loss_fn computes it unsharded."""
+class VocabParallelLoss(nn.Module):
+    """Mean next-token cross entropy over the predicted tokens from vocab-parallel logits (NxD's
+    `parallel_cross_entropy`), as model.llama3.loss_fn computes it unsharded. A module so that NxDPPModel's tracer
+    keeps it whole (a leaf): its collectives cannot be traced."""
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         from neuronx_distributed.parallel_layers.loss_functions import parallel_cross_entropy
 
-        logits = super().forward(input_ids)
         per_token = parallel_cross_entropy(logits, labels)
         valid = (labels != IGNORE).to(per_token.dtype)
         return (per_token * valid).sum() / valid.sum()
+
+
+class Rotary(nn.Module):
+    """(cos, sin) of RoPE for h's sequence, from its own (non-persistent) inverse-frequency buffer: a leaf for
+    NxDPPModel's tracer, whose stage cuts cannot carry a root buffer to later stages (they get cos/sin as inputs)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def forward(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(h_BSD.shape[1], device=h_BSD.device, dtype=torch.float32)
+        freqs_SE2 = pos[:, None] * self.inv_freq.to(device=h_BSD.device, dtype=torch.float32)[None, :]
+        emb_SE = torch.cat((freqs_SE2, freqs_SE2), dim=-1)
+        return emb_SE.cos(), emb_SE.sin()
+
+
+class NxDLlama3(Llama3):
+    """Llama 3 whose forward returns the loss (what NxD's trainer and NxDPPModel call)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.loss = VocabParallelLoss()
+        self.rotary = Rotary(cfg)
+
+    def rope_for(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary(h_BSD)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.loss(super().forward(input_ids), labels)
 
 
 def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:
@@ -85,6 +115,7 @@ def mark_weight_qkv(module: nn.Module) -> None:
     concatenation without them (in __init__ and again in initialize_weight_biases, the meta-init hook), so NxD's
     gradient-norm code counts the fused shards as replicated: it averages instead of summing their squares over TP
     (tiny model: TP 2 grad norm 1.0741 vs TP 1 1.0858). Call after every (re)initialisation."""
+    from neuronx_distributed.parallel_layers.parallel_state import get_tensor_model_parallel_size
     from neuronx_distributed.parallel_layers.utils import set_tensor_model_parallel_attributes
 
     for sub in module.modules():
@@ -93,7 +124,7 @@ def mark_weight_qkv(module: nn.Module) -> None:
             for attr in ("tensor_model_parallel", "partition_dim", "partition_stride", "num_partitions"):
                 if hasattr(w, attr):
                     delattr(w, attr)
-            set_tensor_model_parallel_attributes(w, True, 0, 1, num_partitions=sub.tensor_parallel_world_size())
+            set_tensor_model_parallel_attributes(w, True, 0, 1, num_partitions=get_tensor_model_parallel_size())
 
 
 def _layer(mp: Any, dtype: torch.dtype, device: torch.device | None) -> nn.Module:
@@ -135,6 +166,7 @@ def build(
         if isinstance(mod, RMSNorm):
             mod.weight = nn.Parameter(torch.ones(mod.weight.shape, dtype=dtype, device=real))
     model.register_buffer("rope_inv_freq", rope_inv_freq(cfg).to(real), persistent=False)
+    model.rotary = Rotary(cfg).to(real)
     if cfg.tie_word_embeddings:
         raise ValueError(
             "model.tie_word_embeddings=true is not supported by the nxd backend (NxD's example unties them: its "

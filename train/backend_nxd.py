@@ -87,7 +87,7 @@ def nxd_config_dict(cfg: JobConfig) -> dict[str, Any]:
     if d.pipeline_parallel > 1:
         out["pipeline_config"] = {
             "num_microbatches": d.micro_batches,
-            "output_loss_value_spec": (True,),
+            "output_loss_value_spec": True,
             "input_names": ["input_ids", "labels"],
             "auto_partition": True,
             "tracer_cls": "torch",
@@ -223,7 +223,7 @@ class NxDBackend:
             nc["model_init_config"]["param_init_fn"] = init_nxd_weights
         if nc["pipeline_parallel_size"] > 1:
             nc["pipeline_config"]["transformer_layer_cls"] = TransformerBlock
-            nc["pipeline_config"]["leaf_module_cls"] = ["RMSNorm"]
+            nc["pipeline_config"]["leaf_module_cls"] = ["RMSNorm", "VocabParallelLoss", "Rotary"]
         self.model = initialize_parallel_model(nc, self._model_fn(resuming))
         pn.mark_weight_qkv(self.model)
         if cfg.model.init == Init.pretrained and not resuming:
@@ -297,6 +297,10 @@ class NxDBackend:
         self.model.eval()
         total = torch.zeros((), device=self.device)
         count = 0
+        if self.derived.pipeline_parallel > 1:
+            # NxDPPModel splits its input into num_microbatches: feed it one replica batch at a time.
+            k = self.derived.micro_batches
+            batches = [torch.cat(batches[i : i + k]) for i in range(0, len(batches) - k + 1, k)]
         for ids in batches:
             ids = ids.to(self.device)
             if self.derived.pipeline_parallel > 1:
