@@ -287,9 +287,7 @@ def _layer_tensors(arch: Arch, layout: Layout, li: int, r: int) -> tuple[list[Ra
     if layout.qkv_linear:
         if layout.fuse_qkv:
             return [o, *mlp], [RankTensor(p + QKV_FUSED, (qn + 2 * kvn, h), fused)]
-        separate = [
-            RankTensor(p + n, (rows_, h), (pc,)) for n, rows_, pc in zip(QKV_SEPARATE, (qn, kvn, kvn), fused)
-        ]
+        separate = [RankTensor(p + n, (rows_, h), (pc,)) for n, rows_, pc in zip(QKV_SEPARATE, (qn, kvn, kvn), fused)]
         return [*separate, o, *mlp], []
     if layout.fuse_qkv and arch.num_attention_heads == arch.num_key_value_heads:
         return [o, *mlp], [RankTensor(p + "self_attn.qkv_proj.weight", (qn + 2 * kvn, h), fused)]

@@ -16,7 +16,7 @@ from core import paths
 from core.arithmetic import derive
 from core.config import Accelerator, ExecutorKind
 from core.marker import is_complete
-from core.stages import SPECS, Stage, applicable, needs_download, selected
+from core.stages import SPECS, Stage, applicable, needs_download
 from data.config import DataSource
 from launcher.compose import Composed
 from model.config import Init
@@ -200,13 +200,26 @@ def validate(composed: Composed) -> list[str]:
                     "set parallel.kv_size_multiplier=1 (or use cluster.accelerator=trn1).",
                 )
             )
-    if d.backend == Backend.nxd and c.accelerator != Accelerator.trn1:
+    if d.backend == Backend.nxd and c.accelerator not in (Accelerator.trn1, Accelerator.cpu):
         add(
             Problem(
                 "trainer.backend",
                 cfg.trainer.backend,
-                f"the nxd backend runs only on trn1 (XLA), not on cluster.accelerator={c.accelerator.value}.",
-                "set trainer.backend=auto (torch on cpu/cuda/trn2).",
+                f"the nxd backend runs on trn1 (XLA) or in NxD's CPU mode (cpu), not on cluster.accelerator="
+                f"{c.accelerator.value}.",
+                "set trainer.backend=auto (torch on cuda/trn2).",
+            )
+        )
+    mem = d.neuron_core
+    if d.backend == Backend.nxd and c.accelerator == Accelerator.trn1 and mem is not None and not mem.fits:
+        add(
+            Problem(
+                "parallel.tensor_parallel_degree",
+                p.tensor_parallel_degree,
+                f"the estimate per NeuronCore does not fit: {mem.describe()}.",
+                "raise parallel.pipeline_parallel_degree or cluster.nodes (more dp shards ZeRO-1's optimizer "
+                "state), set parallel.activation_checkpointing=full, or lower data.seq_len / "
+                "trainer.micro_batch_size.",
             )
         )
     if pp >= 1 and m.num_hidden_layers % pp:
@@ -475,19 +488,6 @@ def validate(composed: Composed) -> list[str]:
                 c.executor,
                 "submission to Slurm is not available in this version yet (the plan and the sbatch scripts are).",
                 "add dry_run=true to print the plan and scripts.",
-            )
-        )
-    nxd_jobs = [s.value for s in selected(cfg) if s in (Stage.compile, Stage.train)]
-    if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
-        add(
-            Problem(
-                "cluster.accelerator",
-                c.accelerator,
-                "running the nxd backend (trn1: neuron_parallel_compile and NxD training) is the next step of the "
-                "roadmap; this version plans it (and converts checkpoints for it) but does not run "
-                f"{' or '.join(nxd_jobs)}.",
-                "add dry_run=true to print the plan, run stages=[data] or stages=[convert] on their own, or use "
-                "cluster.accelerator=trn2 (the torch backend through TorchNeuron), cuda or cpu.",
             )
         )
     return [pr.render(composed) for pr in problems]

@@ -246,7 +246,9 @@ class NxDBackend:
         from core.stages import Stage
 
         if self.run_dir is None:
-            raise ValueError("model.init=pretrained on the nxd backend needs the run folder (the convert stage's output)")
+            raise ValueError(
+                "model.init=pretrained on the nxd backend needs the run folder (the convert stage's output)"
+            )
         # <run_dir>/checkpoints/pretrained_weight: the convert stage's output, where NxD's trainer loads it.
         return final_dir(Stage.convert, self.cfg, Path(self.run_dir))
 
