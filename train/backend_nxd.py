@@ -75,7 +75,9 @@ def nxd_config_dict(cfg: JobConfig) -> dict[str, Any]:
             # optim.grad_clip=0 turns clipping off; the norm is still computed (and logged).
             "max_grad_norm": o.grad_clip if o.grad_clip > 0 else float("inf"),
         },
-        "sequence_parallel": bool(p.sequence_parallel),
+        # Planned: the model's forward does not scatter activations over the sequence yet, so parallel.
+        # sequence_parallel is not passed on (NxD's layers would expect [S/tp, B, H] inputs).
+        "sequence_parallel": False,
         "activation_checkpoint_config": {"none": None, "full": "full"}.get(p.activation_checkpointing, "selective"),
         "model_init_config": {"sequential_move_factor": 11, "meta_device_init": nxd_meta_device_init(cfg.model)},
         "mixed_precision_config": {
@@ -165,7 +167,7 @@ class NxDBackend:
 
         cfg, p = self.cfg, self.cfg.parallel
         nxd_plan = pn.plan_for(
-            cfg.model, self.derived.tensor_parallel, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv, p.sequence_parallel
+            cfg.model, self.derived.tensor_parallel, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv, False
         )
         meta = self.nxd_config["model_init_config"]["meta_device_init"]
 
