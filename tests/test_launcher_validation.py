@@ -157,9 +157,9 @@ CASES = [
         ["cluster.auto_resume=True", "cluster.auto_resume=false"],
     ),
     (
-        "nxd-backend-on-cpu",
-        ["trainer.backend=nxd", "dry_run=true"],
-        ["trainer.backend=nxd", "trainer.backend=auto"],
+        "nxd-backend-on-cuda",
+        ["trainer.backend=nxd", "cluster.accelerator=cuda", "dry_run=true"],
+        ["trainer.backend=nxd", "trainer.backend=auto", "NxD's CPU mode"],
     ),
     ("stage-not-applicable", ["stages=[convert]", "dry_run=true"], ["stages=[convert]", "data, train"]),
     (
@@ -178,9 +178,17 @@ CASES = [
         ["data.sample_documents=-5", "data.sample_documents=0"],
     ),
     (
-        "nxd-training-not-run-yet",
-        ["cluster.accelerator=trn1", "trainer.global_batch_size=256"],
-        ["cluster.accelerator=trn1", "does not run compile or train", "dry_run=true", "cluster.accelerator=trn2"],
+        "nxd-does-not-fit-a-neuron-core",
+        [
+            "+model=llama3_70b",
+            "parallel=tp32_pp8",
+            "cluster=hyperpod",
+            "parallel.pipeline_parallel_degree=1",
+            "parallel.zero1=false",
+            "cluster.nodes=1",
+            "dry_run=true",
+        ],
+        ["parallel.tensor_parallel_degree", "does not fit", "raise parallel.pipeline_parallel_degree"],
     ),
 ]
 
