@@ -15,25 +15,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from model import names
 from model.config import ModelConfig
 
-# HF key -> our key; "{}" is the layer index; None: an HF key we drop (a config-derived buffer).
-FROM_HF: dict[str, str | None] = {
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
-    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
-    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
-    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
-    "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
-    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
-    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
-    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
-    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
-    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
-    "model.rotary_emb.inv_freq": None,
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-}
+# HF key -> our key; "{}" is the layer index; None: an HF key we drop (a config-derived buffer). Derived from
+# the one names table (model/names.py), in HF's module order.
+FROM_HF: dict[str, str | None] = names.table(names.HF, names.OURS)
 
 TO_HF: dict[str, str] = {ours: hf for hf, ours in FROM_HF.items() if ours is not None}
 

@@ -30,6 +30,13 @@ from model.rules import architecture_problems
 if TYPE_CHECKING:
     from model.config import ModelConfig
 
+from model.names import nxd_leaf
+
+# NxD's names of its fused tensors, from the one names table (model/names.py).
+QKV_FUSED = nxd_leaf("layers.{}.attention.qkv.weight_qkv")
+QKV_SEPARATE = tuple(nxd_leaf(f"layers.{{}}.attention.qkv.weight_{x}") for x in "qkv")
+GATE_UP = nxd_leaf("layers.{}.feed_forward.gate_up.weight")
+
 HW_BACKENDS = ("trn1",)
 LAYER_KEYS = (
     "self_attn.q_proj.weight",
@@ -354,7 +361,7 @@ def _layer_tensors(arch: Arch, layout: Layout, li: int, r: int) -> tuple[list[Ra
     )
     mlp = [
         RankTensor(
-            p + "mlp.gate_up_proj.weight",
+            p + GATE_UP,
             (2 * inter, h),
             (Piece(p + "mlp.gate_proj.weight", 0, (rows,)), Piece(p + "mlp.up_proj.weight", 0, (rows,))),
         ),
@@ -366,13 +373,9 @@ def _layer_tensors(arch: Arch, layout: Layout, li: int, r: int) -> tuple[list[Ra
     ]
     fused = (q, k, v)
     if layout.qkv_linear:
-        names = ("weight_q", "weight_k", "weight_v")
         if layout.fuse_qkv:
-            return [o, *mlp], [RankTensor(p + "self_attn.qkv_proj.weight_qkv", (qn + 2 * kvn, h), fused)]
-        separate = [
-            RankTensor(p + f"self_attn.qkv_proj.{n}", (rows_, h), (pc,))
-            for n, rows_, pc in zip(names, (qn, kvn, kvn), fused)
-        ]
+            return [o, *mlp], [RankTensor(p + QKV_FUSED, (qn + 2 * kvn, h), fused)]
+        separate = [RankTensor(p + n, (rows_, h), (pc,)) for n, rows_, pc in zip(QKV_SEPARATE, (qn, kvn, kvn), fused)]
         return [*separate, o, *mlp], []
     if layout.fuse_qkv and arch.num_attention_heads == arch.num_key_value_heads:
         return [o, *mlp], [RankTensor(p + "self_attn.qkv_proj.weight", (qn + 2 * kvn, h), fused)]

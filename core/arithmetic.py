@@ -71,6 +71,96 @@ def parameter_count(m: ModelConfig) -> int:
     return v * h + m.num_hidden_layers * layer + h + head
 
 
+# Above this many parameters the nxd backend builds the model on the meta device and lets each rank initialise only
+# its shards (NxD's `meta_device_init`, as its 70B example; the 8B one does not): a full fp32 copy per process
+# (32 per trn1 node) would not fit in host memory. NxD's sequential_move_factor comment: "works for 20B".
+NXD_META_INIT_PARAMETERS = 20_000_000_000
+
+
+def nxd_meta_device_init(m: ModelConfig) -> bool:
+    return parameter_count(m) > NXD_META_INIT_PARAMETERS
+
+
+def nxd_params_per_core(m: ModelConfig, tp: int, pp: int, kv_size_multiplier: int) -> int:
+    """Most parameter elements one NeuronCore holds under NxD's layout (model/nxd_plan.py, which a test checks this
+    against): the fused QKV with K/V replicated kv_size_multiplier times, gate_up, o/down, norms; the embedding on
+    the first pipeline stage, final norm and lm_head on the last; the largest stage counts."""
+    h, d, i = m.hidden_size, head_dim(m), m.intermediate_size
+    qkv = (m.num_attention_heads * d + 2 * m.num_key_value_heads * d * kv_size_multiplier) // tp * h
+    layer = qkv + h * (m.num_attention_heads * d // tp) + 2 * i // tp * h + h * (i // tp) + 2 * h
+    vocab = m.vocab_size // tp * h
+    stages = layers_per_stage(m.num_hidden_layers, pp)
+    per_stage = [n * layer for n in stages]
+    per_stage[0] += vocab
+    per_stage[-1] += h + vocab
+    return max(per_stage)
+
+
+@dataclass(frozen=True)
+class NeuronCoreMemory:
+    """The NxD backend's memory per NeuronCore, GB (1e9 bytes) as the issue states them: bf16 weights, fp32
+    gradients (fp32 accumulation), fp32 master weights + two Adam moments sharded over dp (ZeRO-1), and an
+    activation estimate (stated in `activation_rule`)."""
+
+    params: int
+    weights_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    activation_rule: str
+    capacity_gib: float
+
+    @property
+    def state_gb(self) -> float:
+        return self.weights_gb + self.grads_gb + self.optimizer_gb
+
+    @property
+    def total_gb(self) -> float:
+        return self.state_gb + self.activations_gb
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gb * 1e9 <= self.capacity_gib * 2**30
+
+    def describe(self) -> str:
+        return (
+            f"{self.params:,} params: weights {self.weights_gb:.3f} + grads {self.grads_gb:.3f} + optimizer "
+            f"{self.optimizer_gb:.3f} = {self.state_gb:.3f} GB, + activations ~{self.activations_gb:.3f} GB "
+            f"({self.activation_rule}) = {self.total_gb:.3f} GB of {self.capacity_gib:.0f} GiB"
+        )
+
+
+def activation_bytes_per_layer(cfg: JobConfig, tp: int) -> tuple[float, str]:
+    """Per layer and micro-batch, bf16 (Korthikanti et al. 2022, 'Reducing Activation Recomputation'): s b h x
+    34/tp with sequence parallelism and selective recomputation, (10 + 24/tp) with selective only, plus
+    5 a s / (h tp) without recomputation; 2 s b h (the layer input) with full recomputation."""
+    p, m = cfg.parallel, cfg.model
+    s, b, h, a = cfg.data.seq_len, cfg.trainer.micro_batch_size, m.hidden_size, m.num_attention_heads
+    sbh = s * b * h
+    mode = p.activation_checkpointing
+    if mode == "full":
+        return 2 * sbh, "full recomputation: 2sbh per layer"
+    if mode == "selective":
+        if p.sequence_parallel:
+            return 34 * sbh / tp, "selective recomputation + SP: 34sbh/tp per layer"
+        return sbh * (10 + 24 / tp), "selective recomputation: sbh(10 + 24/tp) per layer"
+    return sbh * (10 + 24 / tp + 5 * a * s / (h * tp)), "no recomputation: sbh(10 + 24/tp + 5as/(h tp)) per layer"
+
+
+def neuron_core_memory(cfg: JobConfig, tp: int, pp: int, dp: int, micro_batches: int) -> NeuronCoreMemory:
+    m, p = cfg.model, cfg.parallel
+    n = nxd_params_per_core(m, tp, pp, p.kv_size_multiplier)
+    opt_bytes = 12 / max(dp, 1) if p.zero1 else 12
+    per_layer, rule = activation_bytes_per_layer(cfg, tp)
+    # 1F1B: the first stage holds up to pp micro-batches in flight, each its stage's layers.
+    in_flight = min(pp, max(micro_batches, 1)) if pp > 1 else 1
+    layers = max(layers_per_stage(m.num_hidden_layers, pp))
+    acts = per_layer * layers * in_flight
+    rule += f" x {layers} layers x {in_flight} micro-batch(es) in flight"
+    capacity = cfg.cluster.device_memory_gb or DEVICE_MEMORY_GB.get(cfg.cluster.accelerator, 16.0)
+    return NeuronCoreMemory(n, n * 2 / 1e9, n * 4 / 1e9, n * opt_bytes / 1e9, acts / 1e9, rule, capacity)
+
+
 @dataclass(frozen=True)
 class Derived:
     backend: Backend
@@ -95,6 +185,8 @@ class Derived:
     # Weights + gradients + optimizer state per device (activations excluded), GiB.
     state_gb_per_device: float
     device_memory_gb: float
+    # The nxd backend's per-NeuronCore estimate (None on the torch backend).
+    neuron_core: NeuronCoreMemory | None = None
 
     def as_rows(self) -> list[tuple[str, str]]:
         return [
@@ -121,6 +213,7 @@ class Derived:
                 + (f" of {self.device_memory_gb:.0f} GiB" if self.device_memory_gb else "")
                 + " (activations excluded)",
             ),
+            *([("memory per NeuronCore", self.neuron_core.describe())] if self.neuron_core else []),
         ]
 
 
@@ -169,7 +262,15 @@ def derive(cfg: JobConfig) -> Derived:
         parameters_per_device=per_device,
         state_gb_per_device=per_device * bytes_per_param / 2**30,
         device_memory_gb=cfg.cluster.device_memory_gb or DEVICE_MEMORY_GB.get(cfg.cluster.accelerator, 0.0),
+        neuron_core=_neuron_core(cfg, backend, tp, pp, dp, micro),
     )
+
+
+def _neuron_core(cfg: JobConfig, backend: Backend, tp: int, pp: int, dp: int, micro: int) -> NeuronCoreMemory | None:
+    m = cfg.model
+    if backend != Backend.nxd or dp < 1 or m.num_attention_heads % tp or m.vocab_size % tp:
+        return None
+    return neuron_core_memory(cfg, tp, pp, dp, micro)
 
 
 def _human(n: int) -> str:

@@ -29,6 +29,31 @@ class ExecutorKind(str, Enum):
 
 
 @dataclass(kw_only=True)
+class NeuronConfig:
+    """The per-node environment of nxd (trn1) jobs; defaults are NxD's Llama example scripts' values
+    (launcher/nxd_env.py; 0 or "" = the example's value for this layout: its 70B TP x PP or its 8B TP + ZeRO-1)."""
+
+    # Neuron compile cache shared by every node and run ("" = <cluster.cache_dir>/neuron-compile-cache).
+    compile_cache: str = ""
+    # NEURON_CC_FLAGS besides --cache_dir.
+    cc_flags: str = "--model-type=transformer"
+    # NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS (0 = 7 with pipeline parallelism, else 3).
+    async_exec_max_inflight_requests: int = 0
+    # MALLOC_ARENA_MAX, host OOM mitigation (0 = 128 with pipeline parallelism, else 64).
+    malloc_arena_max: int = 0
+    # NEURON_FUSE_SOFTMAX.
+    fuse_softmax: bool = True
+    # FI_PROVIDER=efa, FI_EFA_USE_DEVICE_RDMA=1, FI_EFA_FORK_SAFE=1 (EFA between trn1 nodes).
+    efa: bool = True
+    # torchrun rendezvous port on the first node; reserved (sysctl net.ipv4.ip_local_reserved_ports) when
+    # reserve_port is on and the job may use sudo, as NxD's scripts do.
+    master_port: int = 44000
+    reserve_port: bool = False
+    # Extra variables (win over the above).
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class ClusterConfig:
     # The option name (conf/cluster/<name>.yaml); names the default run folder.
     name: str = "local"
@@ -63,6 +88,8 @@ class ClusterConfig:
     setup: list[str] = field(default_factory=list)
     # Environment variables of every job.
     env: dict[str, str] = field(default_factory=dict)
+    # trn1 / NxD jobs only: Neuron runtime, compiler and EFA settings.
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
 
 
 @dataclass(kw_only=True)

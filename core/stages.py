@@ -98,7 +98,7 @@ SPECS: dict[Stage, StageSpec] = {
         StageSpec(
             Stage.train,
             "train.stage_train:run",
-            (Stage.data, Stage.convert),
+            (Stage.data, Stage.convert, Stage.compile),
             atomic=False,
             distributed=True,
             what="training loop",
@@ -135,7 +135,7 @@ def applicable(cfg: JobConfig) -> list[Stage]:
     out.append(Stage.data)
     if cfg.model.init == Init.pretrained and nxd:
         out.append(Stage.convert)
-    if nxd:
+    if nxd and cfg.cluster.accelerator.value == "trn1":  # Neuron's compiler; NxD's CPU mode compiles nothing
         out.append(Stage.compile)
     out.append(Stage.train)
     out.append(Stage.export)

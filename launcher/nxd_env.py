@@ -1,32 +1,79 @@
-"""Environment of the NxD (trn1) training and compile jobs, as the NxD Llama 3 example scripts export it.
+"""Per-node launch of the nxd (trn1) compile and train stages, as NxD's Llama example scripts launch them: one
+Slurm task per node running torchrun with one process per NeuronCore (32 per trn1.32xlarge), node rank and
+rendezvous from the allocation, and the example's environment, every value from `cluster.neuron` (defaults: the
+example's values). The compile stage runs the same command under `neuron_parallel_compile`.
 
-The 70B script (TP x PP) and the 8B script (TP + ZeRO-1) differ in a few values; we follow the one whose layout
-the config uses (pipeline parallel or not). Neuron's compile cache goes to the shared cache folder so every node
-and every rerun reuses it.
+Plain functions for the Slurm submission path (launcher/plan.py and launcher/executor.py call them); nothing here
+submits. Not copied from the example: its TensorBoard wipe, its fixed weight decay, its unconditional sudo.
 """
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
+from core.arithmetic import derive
 from core.config import JobConfig
+from core.stages import Stage
 from train.config import Precision
 
 
-def nxd_env(cfg: JobConfig, cache_dir: str) -> dict[str, str]:
+def compile_cache(cfg: JobConfig, cache_dir: str | None = None) -> str:
+    return cfg.cluster.neuron.compile_cache or f"{cache_dir or cfg.cluster.cache_dir}/neuron-compile-cache"
+
+
+def nxd_env(cfg: JobConfig, cache_dir: str | None = None) -> dict[str, str]:
+    """The environment of every process of an nxd job on trn1 (`cache_dir`: the resolved cluster.cache_dir)."""
+    n = cfg.cluster.neuron
     pipeline = cfg.parallel.pipeline_parallel_degree > 1
-    env = {
-        "FI_EFA_USE_DEVICE_RDMA": "1",
-        "FI_PROVIDER": "efa",
-        "FI_EFA_FORK_SAFE": "1",
-        "NEURON_FUSE_SOFTMAX": "1",
-        "NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS": "7" if pipeline else "3",
-        # Host OOM mitigation from the example scripts.
-        "MALLOC_ARENA_MAX": "128" if pipeline else "64",
-        "NEURON_CC_FLAGS": f"--model-type=transformer --cache_dir={cache_dir}/neuron-compile-cache",
-    }
+    env: dict[str, str] = {}
+    if n.efa:
+        env.update({"FI_EFA_USE_DEVICE_RDMA": "1", "FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1"})
+    env.update(
+        {
+            "NEURON_FUSE_SOFTMAX": "1" if n.fuse_softmax else "0",
+            "NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS": str(
+                n.async_exec_max_inflight_requests or (7 if pipeline else 3)
+            ),
+            "MALLOC_ARENA_MAX": str(n.malloc_arena_max or (128 if pipeline else 64)),
+            "NEURON_CC_FLAGS": f"{n.cc_flags} --cache_dir={compile_cache(cfg, cache_dir)}",
+            # fp32 master weights and gradient accumulation (ZeRO-1); stochastic rounding off, as the example's
+            # --use_gpu_compatible_precision 1 sets it.
+            "NEURON_RT_STOCHASTIC_ROUNDING_EN": "0",
+        }
+    )
     if pipeline:
         # Closes a ~3% ZeRO-1 convergence gap on PT 2.1 (comment in run_llama3_70B_tp_pp.sh).
         env["XLA_DISABLE_FUNCTIONALIZATION"] = "0"
-    if cfg.trainer.precision == Precision.bf16:
-        # fp32 torch tensors become bf16 on device; master weights stay fp32 (ZeRO-1 mixed precision).
+    if Precision(cfg.trainer.precision) == Precision.bf16:
+        # fp32 torch tensors become bf16 on device; ZeRO-1's master weights stay fp32.
         env["XLA_DOWNCAST_BF16"] = "1"
+    env.update(n.env)
     return env
+
+
+def node_command(cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python") -> str:
+    """The bash of one Slurm task per node (`srun --ntasks-per-node=1 bash -c '<this>'`)."""
+    d, n = derive(cfg), cfg.cluster.neuron
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg).items()]
+    lines.append('MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
+    if n.reserve_port:
+        lines.append(f"sudo sysctl -w net.ipv4.ip_local_reserved_ports={n.master_port}")
+    torchrun = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={d.devices_per_node}",
+        f"--nnodes={d.nodes}",
+        '--node_rank="$SLURM_NODEID"',
+        '--master_addr="$MASTER_ADDR"',
+        f"--master_port={n.master_port}",
+        "-m",
+        "launcher.job",
+        shlex.quote(str(run_dir)),
+        stage.value,
+    ]
+    if stage == Stage.compile:
+        torchrun.insert(0, "neuron_parallel_compile")
+    lines.append("exec " + " ".join(torchrun))
+    return "\n".join(lines)

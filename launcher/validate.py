@@ -143,8 +143,8 @@ def device_problems(cfg: JobConfig) -> list[Problem]:
     c = cfg.cluster
     if c.executor != ExecutorKind.local or c.accelerator == Accelerator.cpu or Stage.train not in selected(cfg):
         return []
-    if backend_for(cfg) == Backend.nxd:
-        return []  # stage_problems refuses running the nxd backend's stages in this version, wherever they run
+    if backend_for(cfg) == Backend.nxd and c.accelerator != Accelerator.trn1:
+        return []  # layout_problems says the nxd backend does not run there
     count, why = local_devices(c.accelerator)
     if count == 0:
         return [
@@ -205,13 +205,26 @@ def layout_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
         from checkpoint.nxd_layout import layout_problems as nxd_layout_problems
 
         out += nxd_layout_problems(Arch.from_model(m), nxd_layout(cfg), nxd_key)
-        if c.accelerator != Accelerator.trn1:
+        if c.accelerator not in (Accelerator.trn1, Accelerator.cpu):
             out.append(
                 Problem(
                     "trainer.backend",
                     cfg.trainer.backend,
-                    f"the nxd backend runs only on trn1 (XLA), not on cluster.accelerator={c.accelerator.value}.",
-                    "set trainer.backend=auto (torch on cpu/cuda/trn2).",
+                    f"the nxd backend runs on trn1 (XLA) or in NxD's CPU mode (cpu), not on cluster.accelerator="
+                    f"{c.accelerator.value}.",
+                    "set trainer.backend=auto (torch on cuda/trn2).",
+                )
+            )
+        mem = d.neuron_core
+        if not out and c.accelerator == Accelerator.trn1 and mem is not None and not mem.fits:
+            out.append(
+                Problem(
+                    "parallel.tensor_parallel_degree",
+                    p.tensor_parallel_degree,
+                    f"the estimate per NeuronCore does not fit: {mem.describe()}.",
+                    "raise parallel.pipeline_parallel_degree or cluster.nodes (more dp shards ZeRO-1's optimizer "
+                    "state), set parallel.activation_checkpointing=full, or lower data.seq_len / "
+                    "trainer.micro_batch_size.",
                 )
             )
         return out
@@ -426,19 +439,6 @@ def stage_problems(composed: Composed, d: Derived, config_ok: bool) -> list[Prob
                 c.executor,
                 "submission to Slurm is not available in this version yet (the plan and the sbatch scripts are).",
                 "add dry_run=true to print the plan and scripts.",
-            )
-        )
-    nxd_jobs = [s.value for s in selected(cfg) if s in (Stage.compile, Stage.train)]
-    if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
-        out.append(
-            Problem(
-                "cluster.accelerator",
-                c.accelerator,
-                "running the nxd backend (trn1: neuron_parallel_compile and NxD training) is the next step of the "
-                "roadmap; this version plans it (and converts checkpoints for it) but does not run "
-                f"{' or '.join(nxd_jobs)}.",
-                "add dry_run=true to print the plan, run stages=[data] or stages=[convert] on their own, or use "
-                "cluster.accelerator=trn2 (the torch backend through TorchNeuron), cuda or cpu.",
             )
         )
     return out

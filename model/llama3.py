@@ -2,7 +2,10 @@
 
 Tensor parallelism is applied from outside (`model/parallelize_torch.py`): every projection is its own
 `nn.Linear` (wq/wk/wv/wo, w1/w2/w3) and attention infers its local head count from the projection's output
-shape (`view(..., -1, head_dim)`), so a column-sharded wq simply yields fewer heads per rank.
+shape (`view(..., -1, head_dim)`), so a column-sharded wq simply yields fewer heads per rank. Two seams let
+the nxd backend (model/parallelize_nxd.py) put NxD's fused layers in without another forward: `Attention.qkv`
+(a module returning q, k, v; NxD's GQAQKVColumnParallelLinear) and `FeedForward.gate_up` (a module returning
+[gate | up]; NxD's stride-2 ColumnParallelLinear). Both are None by default: wq/wk/wv and w1/w3 are used.
 
 RoPE uses the Hugging Face rotate-half convention (first half / second half of each head, not interleaved
 pairs), so HF weights load without the Q/K permutation that Meta's original checkpoints need.
@@ -70,26 +73,35 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        # Query heads per key/value head: unchanged by tensor parallelism (both shard by the same tp).
-        self.num_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         d, e = cfg.hidden_size, self.head_dim
         self.wq = nn.Linear(d, cfg.num_attention_heads * e, bias=False)
         self.wk = nn.Linear(d, cfg.num_key_value_heads * e, bias=False)
         self.wv = nn.Linear(d, cfg.num_key_value_heads * e, bias=False)
         self.wo = nn.Linear(cfg.num_attention_heads * e, d, bias=False)
+        # The projection seam: a module x -> (q, k, v) used instead of wq/wk/wv when set (the nxd backend puts
+        # NxD's fused GQAQKVColumnParallelLinear here and deletes wq/wk/wv). None: today's three projections.
+        self.qkv: nn.Module | None = None
+
+    def project_qkv(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv is not None:
+            return self.qkv(x_BSD)
+        return self.wq(x_BSD), self.wk(x_BSD), self.wv(x_BSD)
 
     def forward(self, x_BSD: torch.Tensor, cos_SE: torch.Tensor, sin_SE: torch.Tensor) -> torch.Tensor:
         b, s, _ = x_BSD.shape
-        # -1: the local head count (all heads unsharded, heads/tp under ColwiseParallel).
-        q_BHSE = self.wq(x_BSD).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k_BKSE = self.wk(x_BSD).view(b, s, -1, self.head_dim).transpose(1, 2)
-        v_BKSE = self.wv(x_BSD).view(b, s, -1, self.head_dim).transpose(1, 2)
+        q, k, v = self.project_qkv(x_BSD)
+        # -1: the local head count (all heads unsharded, heads/tp under ColwiseParallel or NxD's layers).
+        q_BHSE = q.view(b, s, -1, self.head_dim).transpose(1, 2)
+        k_BKSE = k.view(b, s, -1, self.head_dim).transpose(1, 2)
+        v_BKSE = v.view(b, s, -1, self.head_dim).transpose(1, 2)
         cos, sin = cos_SE.to(q_BHSE.dtype), sin_SE.to(q_BHSE.dtype)
         q_BHSE = q_BHSE * cos + rotate_half(q_BHSE) * sin
         k_BKSE = k_BKSE * cos + rotate_half(k_BKSE) * sin
         # GQA inside SDPA (standard since torch 2.5; the math fallback every device has repeats K/V itself):
         # no repeated K/V tensors in memory and no reduction of their gradients in backward, as HF's sdpa path.
-        o_BHSE = F.scaled_dot_product_attention(q_BHSE, k_BKSE, v_BKSE, is_causal=True, enable_gqa=self.num_rep > 1)
+        # Local heads decide (NxD replicates K/V heads kv_size_multiplier times, so the local ratio can be smaller).
+        gqa = q_BHSE.shape[1] != k_BKSE.shape[1]
+        o_BHSE = F.scaled_dot_product_attention(q_BHSE, k_BKSE, v_BKSE, is_causal=True, enable_gqa=gqa)
         return self.wo(o_BHSE.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -101,9 +113,16 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.w3 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        # The projection seam: a module x -> [gate | up] (last dim) used instead of w1/w3 when set (the nxd
+        # backend's stride-2 ColumnParallelLinear, per rank [gate_r; up_r]). None: today's two projections.
+        self.gate_up: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.w1(x), self.w3(x)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -143,13 +162,17 @@ class Llama3(nn.Module):
         emb_SE = torch.cat((freqs_SE2, freqs_SE2), dim=-1)
         return emb_SE.cos(), emb_SE.sin()
 
+    def rope_for(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for the sequence of h; a seam: NxD's pipeline tracer needs it computed by one leaf module."""
+        return self.rope(h_BSD.shape[1], h_BSD.device)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S) int64 -> float32 logits (B, S, V).
 
         A pipeline stage without embeddings takes the previous stage's hidden states (B, S, D) instead and,
         without an output head, returns hidden states."""
         h = self.tok_embeddings(input_ids) if self.tok_embeddings is not None else input_ids
-        cos, sin = self.rope(h.shape[1], h.device)
+        cos, sin = self.rope_for(h)
         for layer in self.layers.values():
             h = layer(h, cos, sin)
         if self.norm is not None:

@@ -48,14 +48,14 @@ def test_70b_plan_is_the_seed_job():
         "export",
     ]
     train = next(s for s in plan.stages if s.stage.value == "train")
-    assert [a.value for a in train.after] == ["data", "convert"]
+    assert [a.value for a in train.after] == ["data", "convert", "compile"]  # train waits for the compile cache
     assert (train.nodes, train.processes_per_node) == (16, 32)
     assert str(train.output).startswith("/fsx/trainium-launcher/runs/llama3_70b-tp32_pp8-hyperpod")
     for line in [
         "#SBATCH --nodes=16",
         "#SBATCH --exclusive",
         "#SBATCH --kill-on-invalid-dep=yes",
-        "#SBATCH --dependency='afterok:${JOB_ID_DATA},afterok:${JOB_ID_CONVERT}'",
+        "#SBATCH --dependency='afterok:${JOB_ID_DATA},afterok:${JOB_ID_CONVERT},afterok:${JOB_ID_COMPILE}'",
         "export XLA_DISABLE_FUNCTIONALIZATION=0",
         "export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=7",
     ]:

@@ -3,8 +3,9 @@
 The loop (train/loop.py) owns the schedule of work: data position, logging, evaluation, checkpoint cadence,
 signals, NaN checks, resume. A backend owns everything that touches devices and parallelism: process groups,
 building and sharding the model, the optimizer step, collectives, and this rank's checkpoint files.
-`torch` (train/backend_torch.py) serves cpu/gloo, cuda/nccl and trn2/TorchNeuron; an `nxd` backend for trn1
-(XLA, `initialize_parallel_model`, `nxd.save_checkpoint`) implements the same protocol.
+`torch` (train/backend_torch.py) serves cpu/gloo, cuda/nccl and trn2/TorchNeuron; `nxd` (train/backend_nxd.py) serves
+trn1 (XLA, `initialize_parallel_model`, `nxd.save_checkpoint`) and NxD's CPU mode. A backend may carry its own
+checkpoint storage (`checkpoints`, with checkpoint.train_state's functions); the loop's policy is the same.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from train.job import TrainJob
 
 @dataclass
 class StepResult:
-    # Mean loss over the global batch (averaged over micro-batches and data-parallel ranks).
-    loss: float
-    grad_norm: float
+    # Mean loss over the global batch (averaged over micro-batches and data-parallel ranks). A float, or a 0-d
+    # device tensor that the loop reads (float()) only at its log interval: on XLA every read is a host sync.
+    loss: float | torch.Tensor
+    grad_norm: float | torch.Tensor
     # True when any rank received a stop signal before this step's collective.
     stop: bool
 
@@ -59,13 +61,11 @@ class TrainBackend(Protocol):
 
 
 def make_backend(job: TrainJob) -> TrainBackend:
-    kind = job.backend
-    if kind == Backend.torch:
+    """The backend `trainer.backend` (or cluster.accelerator, for auto) selects."""
+    if job.backend == Backend.torch:
         from train.backend_torch import TorchBackend
 
         return TorchBackend(job)
-    raise ValueError(
-        f"trainer.backend resolves to {kind.value!r} (cluster.accelerator={job.accelerator.value}), whose "
-        "training loop is not implemented yet: the nxd backend (trn1, XLA) plugs into train/backend.py later. "
-        "Use cluster.accelerator=trn2 (TorchNeuron), cuda or cpu, or set trainer.backend=torch."
-    )
+    from train.backend_nxd import NxDBackend
+
+    return NxDBackend(job)

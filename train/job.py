@@ -35,5 +35,7 @@ class TrainJob:
     tensorboard_dir: Path
     # model.init=pretrained: the local HF folder of the weights (None: random init).
     pretrained_dir: Path | None = None
+    # model.init=pretrained on the nxd backend: the convert stage's NxD shards (<checkpoint_dir>/pretrained_weight).
+    converted_dir: Path | None = None
     # Called on rank 0 when the watchdog gives up (records the stage as failed, with the message).
     on_stall: Callable[[str], None] | None = None

@@ -47,19 +47,21 @@ def _train(
     dog: Watchdog,
 ) -> dict[str, Any]:
     t = job.trainer
+    # Where checkpoints live is the backend's (NxD writes its own folders); the policy below is the same for all.
+    store = getattr(backend, "checkpoints", ckpt)
     if lead:
         root.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale(root)
+        store.clean_stale(root)
     backend.barrier()
     d = job.derived
     layout = ckpt.layout(job.model, d, job.parallel.data_parallel_mode)
-    resume = ckpt.latest(root)
+    resume = store.latest(root)
     backend.build(resuming=resume is not None)
     step = consumed = 0
     val_initial = None
     if resume is not None:
         dog.beat(0, f"loading {resume}")
-        meta = ckpt.load(resume, io=backend, layout=layout)
+        meta = store.load(resume, io=backend, layout=layout)
         step, consumed = int(meta["step"]), int(meta["consumed_samples"])
         backend.scheduler.load_state_dict(meta["scheduler"])
         val_initial = meta.get("val_loss_initial")
@@ -101,8 +103,10 @@ def _train(
     end = t.max_steps if t.steps_this_run < 0 else min(t.max_steps, step + t.steps_this_run)
     first_step, last_saved = step, resume
     summary: dict[str, Any] = {"resumed_from": str(resume) if resume else None, "start_step": step}
-    losses: list[float] = []
-    window: list[tuple[float, float]] = []  # (loss, seconds) since the last log line
+    losses: list[Any] = []
+    # (loss, grad norm, seconds) since the last log line. Loss and grad norm may be device tensors: they are read
+    # (a host sync on XLA) only when a log line is due, and checked for NaN/inf then.
+    window: list[tuple[Any, Any, float]] = []
     train_seconds, timed_steps = 0.0, 0
     val_loss = None
     if step == 0 and step < end and t.eval_interval > 0 and val_split.rows:
@@ -122,26 +126,19 @@ def _train(
             res = backend.train_step(micro, stop.requested)
             dt = time.perf_counter() - t0
             step += 1
-            if not (_finite(res.loss) and _finite(res.grad_norm)):
-                what = "loss" if not _finite(res.loss) else "gradient norm"
-                value = res.loss if what == "loss" else res.grad_norm
-                good = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
-                raise ValueError(
-                    f"Training diverged: the {what} is {value} at step {step} (the optimizer step was skipped); "
-                    f"{good}. Lower optim.lr (now {job.optim.lr:g}) or raise optim.warmup_steps, or use "
-                    f"trainer.precision=fp32, then rerun: it resumes from the last good checkpoint."
-                )
             losses.append(res.loss)
-            window.append((res.loss, dt))
+            window.append((res.loss, res.grad_norm, dt))
             if step > first_step + 1 or end - first_step == 1:
                 train_seconds, timed_steps = train_seconds + dt, timed_steps + 1
-            if _window_end(step, t.log_interval) or step == end:
-                secs = sum(s for _, s in window)
+            saving = _window_end(step, t.checkpoint_interval) or step == end or res.stop
+            if _window_end(step, t.log_interval) or saving:
+                _check_finite(window, step, job, last_saved)
+                secs = sum(s for _, _, s in window)
                 log.train(
                     step,
-                    loss=res.loss,
+                    loss=float(res.loss),
                     lr=lr,
-                    grad_norm=res.grad_norm,
+                    grad_norm=float(res.grad_norm),
                     tokens_per_s=d.tokens_per_step * len(window) / secs,
                     step_time=secs / len(window),
                 )
@@ -151,7 +148,7 @@ def _train(
                 dog.beat(step, "validation")
                 val_loss, blocks = backend.eval_loss(held_out)
                 log.validation(step, val_loss, blocks)
-            if _window_end(step, t.checkpoint_interval) or step == end or res.stop:
+            if saving:
                 dog.beat(step, "checkpoint")
                 last_saved = _save(root, step, backend, job, layout, batches.consumed, log, val_initial)
             if res.stop:
@@ -172,8 +169,8 @@ def _train(
             "step": step,
             "max_steps": t.max_steps,
             "steps": step - first_step,
-            "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None,
+            "loss_first": float(losses[0]) if losses else None,
+            "loss_last": float(losses[-1]) if losses else None,
             "val_loss": val_loss,
             "val_loss_initial": val_initial,
             "tokens_per_s": round(d.tokens_per_step * timed_steps / train_seconds, 1) if train_seconds else None,
@@ -184,7 +181,7 @@ def _train(
         }
     )
     if step >= t.max_steps:
-        losses_text = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+        losses_text = f", loss {float(losses[0]):.4f} -> {float(losses[-1]):.4f}" if losses else ""
         val_text = f", validation loss {val_loss:.4f}" if val_loss is not None else ""
         if val_loss is not None and val_initial is not None:
             val_text = f", validation loss {val_initial:.4f} -> {val_loss:.4f}"
@@ -216,10 +213,26 @@ def _save(
     state = {"consumed_samples": consumed, "scheduler": backend.scheduler.state_dict()}
     if val_initial is not None:  # the untrained model's validation loss, for the summaries of resumed runs
         state["val_loss_initial"] = val_initial
-    path = ckpt.save(root, step, io=backend, layout=layout, state=state, keep_last=job.trainer.keep_last)
+    store = getattr(backend, "checkpoints", ckpt)
+    path = store.save(root, step, io=backend, layout=layout, state=state, keep_last=job.trainer.keep_last)
     log.flush()
     log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")
     return path
+
+
+def _check_finite(window: list[tuple[Any, Any, float]], step: int, job: TrainJob, last_saved: Path | None) -> None:
+    """The first NaN/inf loss or gradient norm of the window (the torch backend skipped that optimizer step)."""
+    first = step - len(window) + 1
+    for i, (loss, norm, _) in enumerate(window):
+        loss, norm = float(loss), float(norm)
+        if not (_finite(loss) and _finite(norm)):
+            what, value = ("loss", loss) if not _finite(loss) else ("gradient norm", norm)
+            good = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
+            raise ValueError(
+                f"Training diverged: the {what} is {value} at step {first + i} (the optimizer step was skipped); "
+                f"{good}. Lower optim.lr (now {job.optim.lr:g}) or raise optim.warmup_steps, or use "
+                f"trainer.precision=fp32, then rerun: it resumes from the last good checkpoint."
+            )
 
 
 def _finite(x: float) -> bool:

@@ -23,6 +23,7 @@ from train.job import TrainJob
 def train_job(cfg: JobConfig, run_dir: Path, stage: Stage = Stage.train) -> TrainJob:
     """The training process's view of `cfg` in the run folder `run_dir`."""
     run_dir = Path(run_dir)
+    pretrained = cfg.model.init == Init.pretrained
     return TrainJob(
         model=cfg.model,
         parallel=cfg.parallel,
@@ -35,7 +36,8 @@ def train_job(cfg: JobConfig, run_dir: Path, stage: Stage = Stage.train) -> Trai
         dataset_dir=paths.data_dir(cfg),
         checkpoint_dir=paths.final_dir(Stage.train, cfg, run_dir),
         tensorboard_dir=paths.tensorboard_dir(run_dir),
-        pretrained_dir=paths.pretrained_dir(cfg) if cfg.model.init == Init.pretrained else None,
+        pretrained_dir=paths.pretrained_dir(cfg) if pretrained else None,
+        converted_dir=paths.final_dir(Stage.convert, cfg, run_dir) if pretrained else None,
         on_stall=_record_stall(run_dir, stage),
     )
 
