@@ -143,6 +143,8 @@ def device_problems(cfg: JobConfig) -> list[Problem]:
     c = cfg.cluster
     if c.executor != ExecutorKind.local or c.accelerator == Accelerator.cpu or Stage.train not in selected(cfg):
         return []
+    if cfg.dry_run:
+        return []  # nothing runs: a local plan of another machine's accelerator may be printed anywhere
     if backend_for(cfg) == Backend.nxd and c.accelerator != Accelerator.trn1:
         return []  # layout_problems says the nxd backend does not run there
     count, why = local_devices(c.accelerator)

@@ -1,5 +1,5 @@
-"""Shared fixtures. Every test that runs the launcher does so in a temporary working directory with its own
-cache folder, so nothing leaks between tests or into the checkout.
+"""Shared fixtures (helpers live in tests/helpers/). Every test that runs the launcher does so in a temporary
+working directory with its own cache folder, so nothing leaks between tests or into the checkout.
 
 The whole session runs with HOME, the XDG folders, the Hugging Face folders and TRAINIUM_LAUNCHER_CACHE pointed
 at a session tmp folder, and in a tmp working directory (the default runs folder `runs` is relative to it):
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -55,19 +54,41 @@ def isolated(tmp_path, monkeypatch):
     return work
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real CLI in a fresh interpreter, as a user runs it."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])])
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """The cache folder holding the sample corpus prepared for the small test model (made once per session)."""
+    from core.marker import STAGE_MARKER
+    from core.paths import data_dir
+    from tests.helpers.training import ROOT as _root
+    from tests.helpers.training import env, job_command, small_config, write_config
+
+    cache = tmp_path_factory.getbasetemp() / "train-cache"
+    cfg = small_config(cache)
+    if not (data_dir(cfg) / STAGE_MARKER).exists():
+        run_dir = tmp_path_factory.getbasetemp() / "train-data-run"
+        write_config(run_dir, cfg)
+        proc = subprocess.run(
+            job_command(run_dir, "data"), env=env(2), capture_output=True, text=True, timeout=600, cwd=_root
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return cache
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="run the whole suite, slow tests included (the README's test command and CI use it)",
     )
 
 
-def tree(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+def pytest_collection_modifyitems(config, items):
+    """Without --full, tests marked slow (and every Slurm or multi-process test) are skipped: `pytest` alone is the
+    fast development run."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="slow: `python -m pytest --full` runs the whole suite")
+    for item in items:
+        if {"slow", "slurm", "distributed"} & set(item.keywords):
+            item.add_marker(skip)

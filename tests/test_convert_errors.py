@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_convert_layout import make_hf
 
 from checkpoint.convert import main
+from tests.helpers.hf import make_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_convert_layout import make_hf
-from train_testlib import checkpoint_layout as _layout
 
 from checkpoint.stage_export import run
 from core.config import JobConfig
 from core.stages import Stage, StageContext
 from model.config import DataParallelMode
+from tests.helpers.hf import make_hf
+from tests.helpers.training import checkpoint_layout as _layout
 from train.config import Backend
 
 

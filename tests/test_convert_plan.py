@@ -19,7 +19,7 @@ from core.stages import Stage
 from launcher.compose import compose
 from launcher.plan import make_plan
 from launcher.validate import resolve_run_dir, validate
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
 from tests.helpers.nxd_shapes import nxd_rank_shapes
 
 

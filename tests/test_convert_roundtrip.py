@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_convert_layout import make_hf
 
 from checkpoint.convert import main
 from checkpoint.stage_convert import run as run_stage
+from tests.helpers.hf import make_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_lib import documents, hf_tokenizer, load_blocks, make_cfg, prepare, reference_blocks, write_jsonl
 
 from data.config import DataFormat, DataSource
 from data.prepare import validation_mask
+from tests.helpers.data import documents, hf_tokenizer, load_blocks, make_cfg, prepare, reference_blocks, write_jsonl
 
 
 def _split(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:

@@ -8,10 +8,10 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from test_data_lib import documents, write_jsonl
 
 from data.prepare import validation_mask
 from data.sources import expand, plan_files, read
+from tests.helpers.data import documents, write_jsonl
 
 
 def _read_all(pieces) -> list[str]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from test_data_lib import make_cfg
-
 from core.paths import tokenizer_dir
 from data import sample
 from data.tokenizer import BOS, EOS, build_sample_tokenizer, ensure_sample_tokenizer, load, tokenizer_folder
+from tests.helpers.data import make_cfg
 
 
 def test_sample_tokenizer_loads_with_autotokenizer_and_adds_bos_like_llama3(tmp_path):

@@ -8,12 +8,12 @@ import shutil
 import sys
 
 import pytest
-from conftest import run_cli, tree
 
 from core.arithmetic import derive
 from core.config import Accelerator
 from launcher import validate as v
 from launcher.compose import compose
+from tests.helpers.cli import run_cli, tree
 
 
 def _no_driver() -> bool:
@@ -73,7 +73,7 @@ def test_the_check_does_not_import_torch_in_the_launcher(tmp_path):
     )
     import subprocess
 
-    from conftest import ROOT
+    from tests.helpers.cli import ROOT
 
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

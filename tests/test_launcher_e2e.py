@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+
+from tests.helpers.cli import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 

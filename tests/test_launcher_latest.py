@@ -10,7 +10,8 @@ from pathlib import Path
 from core.paths import data_dir
 from launcher.compose import compose
 from launcher.runfolder import latest_pointer
-from tests.conftest import REAL_CACHE, REAL_HOME, run_cli
+from tests.conftest import REAL_CACHE, REAL_HOME
+from tests.helpers.cli import run_cli
 
 
 def test_cli_runs_use_the_private_home_and_status_follows_each_runs_folder(tmp_path, private_home, monkeypatch):

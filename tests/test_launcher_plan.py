@@ -15,7 +15,7 @@ from launcher.cli import main
 from launcher.compose import compose
 from launcher.plan import make_plan
 from launcher.validate import resolve_run_dir, validate
-from tests.conftest import ROOT, run_cli, tree
+from tests.helpers.cli import ROOT, run_cli, tree
 from tests.helpers.nxd_shapes import nxd_rank_shapes
 
 H70 = ["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod", "dry_run=true"]

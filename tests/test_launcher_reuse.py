@@ -13,7 +13,7 @@ import pytest
 
 from launcher.compose import compose
 from launcher.plan import make_plan
-from tests.conftest import run_cli, tree
+from tests.helpers.cli import run_cli, tree
 
 SMALL = [
     "model.hidden_size=64",

@@ -12,10 +12,11 @@ from core import stages
 from core.fingerprint import fingerprint
 from core.marker import is_complete
 from core.paths import pretrained_dir
+from core.stage_status import read_status
 from core.stages import Stage
 from launcher import job
 from launcher.compose import compose
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
 
 REPO = "acme/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -64,7 +65,7 @@ def test_download_stage_publishes_with_marker_and_is_skipped_next_time(offline):
     marker = json.loads((final / "_stage.json").read_text())
     assert marker["stage"] == "download" and marker["fingerprint"] == fingerprint(Stage.download, cfg)
     assert summary["repos"][REPO]["bytes"] > 0
-    assert json.loads(job.status_path(run_dir, Stage.download).read_text())["state"] == "completed"
+    assert read_status(run_dir, Stage.download)["state"] == "completed"
     assert not list(final.parent.glob(f".{final.name}.tmp-*"))
     assert job.run_job(run_dir, Stage.download, cfg) == {"skipped": True, "reason": f"complete at {final}"}
     assert is_complete(Stage.download, cfg, run_dir) == (True, f"complete at {final}")

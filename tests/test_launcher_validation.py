@@ -10,7 +10,7 @@ import pytest
 from launcher.cli import main
 from launcher.compose import ConfigError, compose
 from launcher.validate import find_problems, validate
-from tests.conftest import run_cli, tree
+from tests.helpers.cli import run_cli, tree
 
 H70 = ["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod", "dry_run=true"]
 H8 = ["+model=llama3_8b", "parallel=tp32_zero1", "cluster=hyperpod", "dry_run=true"]

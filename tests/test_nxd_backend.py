@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_testlib import ROOT, losses, prepared, small_config, tb_scalars, write_config  # noqa: F401
 
 from tests.helpers.nxd_available import requires_nxd
+from tests.helpers.training import ROOT, losses, small_config, tb_scalars, write_config
 from train.config import Backend
 
 pytestmark = [pytest.mark.nxd, requires_nxd, pytest.mark.slow, pytest.mark.distributed]
@@ -43,7 +43,7 @@ def _run(run_dir: Path, cfg, procs: int) -> subprocess.CompletedProcess:
     return proc
 
 
-def _cfg(prepared, backend: Backend, tp: int = 1, dp: int = 1, pp: int = 1, **trainer):  # noqa: F811
+def _cfg(prepared, backend: Backend, tp: int = 1, dp: int = 1, pp: int = 1, **trainer):
     cfg = small_config(prepared, **trainer)
     cfg.trainer.backend = backend
     p = cfg.parallel
@@ -60,14 +60,14 @@ def _curve(run_dir: Path, tag: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def torch_ref(prepared, tmp_path_factory):  # noqa: F811
+def torch_ref(prepared, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("nxd") / "torch-world1"
     _run(run_dir, _cfg(prepared, Backend.torch), 1)
     return run_dir
 
 
 @pytest.mark.parametrize("tp,dp,pp", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 1, 2)])
-def test_nxd_losses_equal_torch_backend(prepared, torch_ref, tmp_path, tp, dp, pp):  # noqa: F811
+def test_nxd_losses_equal_torch_backend(prepared, torch_ref, tmp_path, tp, dp, pp):
     """Same 20 losses and gradient norms as the torch backend at world 1. At TP 2 the fused weight_qkv is
     sharded: its gradient norm only agrees because the backend marks it tensor-parallel (NxD drops the mark)."""
     import torch
@@ -84,7 +84,7 @@ def test_nxd_losses_equal_torch_backend(prepared, torch_ref, tmp_path, tp, dp, p
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_15", "step_20"]
 
 
-def test_nxd_stop_and_resume_is_exact(prepared, torch_ref, tmp_path):  # noqa: F811
+def test_nxd_stop_and_resume_is_exact(prepared, torch_ref, tmp_path):
     """TP 2: 10 steps, stop, the same command again resumes from NxD's step_10 checkpoint (model, optimizer,
     scheduler, data position) and logs the uninterrupted run's losses."""
     run_dir = tmp_path / "nxd-resume"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from importlib.metadata import packages_distributions
 
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 PACKAGES = ["launcher", "model", "data", "checkpoint", "train"]
 

@@ -15,7 +15,7 @@ from launcher.cli import main
 from launcher.compose import compose
 from launcher.validate import find_problems
 from model.config import ModelConfig
-from tests.conftest import tree
+from tests.helpers.cli import tree
 
 
 def _refused(capsys, isolated, argv: list[str], *needles: str) -> str:

@@ -18,7 +18,7 @@ from core.marker import STAGE_MARKER
 from core.stages import Stage
 from launcher.compose import compose
 from launcher.plan import make_plan
-from tests.conftest import run_cli, tree
+from tests.helpers.cli import run_cli, tree
 
 
 def _ours(folder: Path, entries: list[str]) -> None:

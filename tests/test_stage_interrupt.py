@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data_interrupt import _alive, _cmdline, _start, _wait_until_encoding
-from test_data_lib import documents, make_cfg, write_jsonl
 
 from core.paths import data_dir
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.data import documents, make_cfg, write_jsonl
+from tests.helpers.processes import alive, cmdline, start_data_job, wait_until_encoding
 
 
 def _leftovers(final: Path) -> list[Path]:
@@ -38,8 +38,8 @@ def test_sigterm_to_the_data_job_and_to_the_launcher(tmp_path, isolated):
     final = data_dir(cfg)
 
     # The job alone gets SIGTERM (as `kill PID` or Slurm's scancel would send it): its pool is terminated.
-    proc = _start(run_dir)
-    workers = [w for w in _wait_until_encoding(proc, final) if b"spawn_main" in _cmdline(w)]
+    proc = start_data_job(run_dir)
+    workers = [w for w in wait_until_encoding(proc, final) if b"spawn_main" in cmdline(w)]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "interrupted by SIGTERM" in out, out[-2000:]
@@ -47,9 +47,9 @@ def test_sigterm_to_the_data_job_and_to_the_launcher(tmp_path, isolated):
     assert status["state"] == "interrupted" and status["signal"] == "SIGTERM" and status["ended"]
     assert status["exit_code"] == 143 and not final.exists() and not _leftovers(final)
     deadline = time.time() + 30
-    while any(_alive(w) for w in workers) and time.time() < deadline:
+    while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert len(workers) == 2 and not any(_alive(w) for w in workers), "encode workers outlived the stage"
+    assert len(workers) == 2 and not any(alive(w) for w in workers), "encode workers outlived the stage"
 
     # The launcher gets SIGTERM (Ctrl-C is handled the same way): it passes it on and exits 143 after the stage.
     args = ["data=files", f"data.paths=[{tmp_path}/corpus/*.jsonl]", "data.seq_len=128", "data.num_proc=2"]
@@ -85,10 +85,12 @@ def _group_alive(pgid: int) -> bool:
 
 
 def test_a_failed_data_stage_leaves_no_temporary_folder(isolated):
-    args = ["stages=[data]", "data.seq_len=100000", "model.max_position_embeddings=200000", "run_dir=r"]
+    """A corpus the plan cannot fault (its bytes are only decoded by the stage) fails inside the data job."""
+    (isolated / "bad.txt").write_bytes(b"caf\xe9 latin-1, not UTF-8 " * 500)
+    args = ["stages=[data]", "data=files", f"data.paths=[{isolated / 'bad.txt'}]", "data.val_fraction=0", "run_dir=r"]
     proc = run_cli(args, cwd=isolated)
-    assert proc.returncode == 2 and "smaller than one block" in proc.stdout, proc.stdout[-2000:]
+    assert proc.returncode == 2 and "not valid UTF-8" in proc.stdout + proc.stderr, proc.stdout[-2000:]
     datasets = isolated.parent / "cache" / "datasets"
     assert not datasets.exists() or list(datasets.iterdir()) == []
     status = json.loads((isolated / "r" / "stages" / "data" / "status.json").read_text())
-    assert status["state"] == "failed" and status["ended"] and "smaller than one block" in status["error"]
+    assert status["state"] == "failed" and status["ended"] and "not valid UTF-8" in status["error"]

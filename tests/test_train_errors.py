@@ -6,15 +6,15 @@ import shutil
 from dataclasses import replace
 
 import pytest
-from train_testlib import checkpoint_layout as _layout
-from train_testlib import prepared, run_job, small_config, status  # noqa: F401
 
 from checkpoint import train_state as ckpt
 from launcher.job import EXIT_USER_ERROR
+from tests.helpers.training import checkpoint_layout as _layout
+from tests.helpers.training import run_job, small_config, status
 
 
 @pytest.fixture(scope="module")
-def stopped_run(prepared, tmp_path_factory):  # noqa: F811
+def stopped_run(prepared, tmp_path_factory):
     """A run stopped after 4 steps with checkpoints at steps 2 and 4 (copied by each test)."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
     proc = run_job(run_dir, small_config(prepared, steps_this_run=4, checkpoint_interval=2))
@@ -39,7 +39,7 @@ def _error(proc, run_dir) -> str:
     return proc.stderr
 
 
-def test_corrupt_shard_is_named(prepared, stopped_run, tmp_path):  # noqa: F811
+def test_corrupt_shard_is_named(prepared, stopped_run, tmp_path):
     run_dir = _copy(stopped_run, tmp_path)
     shard = run_dir / "checkpoints" / "step_4" / "optim" / "dp_rank_00_tp_rank_00_pp_rank_00.pt"
     data = bytearray(shard.read_bytes())
@@ -55,7 +55,7 @@ def test_corrupt_shard_is_named(prepared, stopped_run, tmp_path):  # noqa: F811
     assert proc.returncode == 0 and f"resumed from {run_dir / 'checkpoints' / 'step_2'}" in proc.stdout
 
 
-def test_truncated_file_and_unreadable_metadata_are_named(prepared, stopped_run, tmp_path):  # noqa: F811
+def test_truncated_file_and_unreadable_metadata_are_named(prepared, stopped_run, tmp_path):
     run_dir = _copy(stopped_run, tmp_path)
     step = run_dir / "checkpoints" / "step_4"
     model = step / "model" / "dp_rank_00_tp_rank_00_pp_rank_00.pt"
@@ -67,7 +67,7 @@ def test_truncated_file_and_unreadable_metadata_are_named(prepared, stopped_run,
     assert f"The checkpoint {step} is corrupt: {step / ckpt.METADATA} cannot be read" in err
 
 
-def test_checkpoint_of_another_model_says_what_differs(prepared, stopped_run, tmp_path):  # noqa: F811
+def test_checkpoint_of_another_model_says_what_differs(prepared, stopped_run, tmp_path):
     run_dir = _copy(stopped_run, tmp_path)
     cfg = small_config(prepared, steps_this_run=1)
     cfg.model.num_hidden_layers = 3
@@ -78,7 +78,7 @@ def test_checkpoint_of_another_model_says_what_differs(prepared, stopped_run, tm
     assert "model.intermediate_size: checkpoint 128, config 192" in err
 
 
-def test_missing_dataset_stops_before_writing_anything(prepared, tmp_path):  # noqa: F811
+def test_missing_dataset_stops_before_writing_anything(prepared, tmp_path):
     run_dir = tmp_path / "run"
     cfg = small_config(prepared)
     cfg.data.output_dir = str(tmp_path / "no-such-dataset")
@@ -89,7 +89,7 @@ def test_missing_dataset_stops_before_writing_anything(prepared, tmp_path):  # n
     assert not list((run_dir / "checkpoints").glob("step_*")) and not (run_dir / "tensorboard").exists()
 
 
-def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run):  # noqa: F811
+def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run):
     """In-process (a tp=2 rerun would need two processes just to read one error)."""
     path = ckpt.latest(stopped_run / "checkpoints")
     meta = ckpt.read_metadata(path)
@@ -104,7 +104,7 @@ def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run): 
         ckpt.check_compatible(path, meta, _layout(other))
 
 
-def test_nan_loss_names_step_and_last_good_checkpoint(prepared, tmp_path):  # noqa: F811
+def test_nan_loss_names_step_and_last_good_checkpoint(prepared, tmp_path):
     run_dir = tmp_path / "run"
     cfg = small_config(prepared, checkpoint_interval=1)
     cfg.optim.lr = 1e30

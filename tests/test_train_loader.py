@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from train_testlib import prepared, small_config  # noqa: F401
 
 from core.marker import STAGE_MARKER as MARKER
 from core.paths import data_dir
 from data.loader import Split, TrainBatches, check_dataset, eval_batches
+from tests.helpers.training import small_config
 
 
 def _steps(split: Split, steps: int, **kw) -> list[torch.Tensor]:
@@ -22,7 +22,7 @@ def _steps(split: Split, steps: int, **kw) -> list[torch.Tensor]:
     return [torch.cat(b.next_step()) for _ in range(steps)]
 
 
-def test_dp_ranks_partition_the_global_batch_and_resume_continues(prepared):  # noqa: F811
+def test_dp_ranks_partition_the_global_batch_and_resume_continues(prepared):
     split = Split(data_dir(small_config(prepared)) / "train")
     assert split.rows > 100 and split.seq_len == 64
     common = dict(global_batch=8, seed=1, shuffle=False)
@@ -38,7 +38,7 @@ def test_dp_ranks_partition_the_global_batch_and_resume_continues(prepared):  # 
     torch.testing.assert_close(torch.cat(resumed.next_step()), one[2], rtol=0, atol=0)
 
 
-def test_epochs_wrap_and_shuffle_is_seeded_and_resumable(prepared):  # noqa: F811
+def test_epochs_wrap_and_shuffle_is_seeded_and_resumable(prepared):
     split = Split(data_dir(small_config(prepared)) / "train")
     n = split.rows
     b = TrainBatches(split, global_batch=8, micro_batch=8, dp_rank=0, dp_size=1, seed=7, shuffle=False)
@@ -56,7 +56,7 @@ def test_epochs_wrap_and_shuffle_is_seeded_and_resumable(prepared):  # noqa: F81
     assert other.rows_at(np.arange(n)).tolist() != epoch0.tolist()
 
 
-def test_eval_rows_do_not_depend_on_the_layout(prepared):  # noqa: F811
+def test_eval_rows_do_not_depend_on_the_layout(prepared):
     split = Split(data_dir(small_config(prepared)) / "validation")
     one = eval_batches(split, global_batch=8, micro_batch=2, num_batches=2, dp_rank=0, dp_size=1)
     two = [eval_batches(split, global_batch=8, micro_batch=2, num_batches=2, dp_rank=r, dp_size=2) for r in (0, 1)]
@@ -81,7 +81,7 @@ def test_nxd_columns_are_read_like_compact(tmp_path):
     assert torch.equal(split.take(np.array([4, 0])), torch.from_numpy(blocks[[4, 0]].astype(np.int64)))
 
 
-def _copy_dataset(prepared, tmp_path):  # noqa: F811
+def _copy_dataset(prepared, tmp_path):
     src = data_dir(small_config(prepared))
     dst = tmp_path / "ds"
     shutil.copytree(src, dst)
@@ -94,7 +94,7 @@ def _check(cfg):
     return check_dataset(data_dir(cfg), seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size)
 
 
-def test_missing_and_incomplete_dataset_errors(prepared, tmp_path):  # noqa: F811
+def test_missing_and_incomplete_dataset_errors(prepared, tmp_path):
     cfg = small_config(prepared)
     cfg.data.output_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"nowhere .*does not exist\. Run the data stage first"):
@@ -109,7 +109,7 @@ def test_missing_and_incomplete_dataset_errors(prepared, tmp_path):  # noqa: F81
         _check(cfg)
 
 
-def test_seq_len_and_vocabulary_mismatch_errors(prepared, tmp_path):  # noqa: F811
+def test_seq_len_and_vocabulary_mismatch_errors(prepared, tmp_path):
     cfg, dst = _copy_dataset(prepared, tmp_path)
     assert _check(cfg).seq_len == 64
     bad = replace(cfg, data=replace(cfg.data, seq_len=128))

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_testlib import prepared, run_job, small_config, tb_scalars  # noqa: F401
 
 from model.config import DataParallelMode
+from tests.helpers.training import run_job, small_config, tb_scalars
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-def _run(prepared, tmp_path, dp: int, tp: int, mode: str = "ddp"):  # noqa: F811
+def _run(prepared, tmp_path, dp: int, tp: int, mode: str = "ddp"):
     """20 steps; with 4 ranks as two runs of 10 (`trainer.steps_this_run=10`, then the same command again)."""
     halves = dp * tp == 4
     cfg = small_config(prepared, steps_this_run=10 if halves else -1)
@@ -38,7 +38,7 @@ def _curve(run_dir, tag="train/loss") -> list[float]:
 @pytest.mark.parametrize(
     "layouts", [[(2, 1, "ddp"), (1, 2, "ddp"), (2, 2, "ddp")], [(2, 2, "fsdp")]], ids=["ddp", "fsdp"]
 )
-def test_loss_curves_agree_across_layouts(prepared, tmp_path, layouts):  # noqa: F811
+def test_loss_curves_agree_across_layouts(prepared, tmp_path, layouts):
     ref = _run(prepared, tmp_path, 1, 1)
     ref_loss, ref_norm = _curve(ref), _curve(ref, "train/grad_norm")
     assert ref_loss[-1] < ref_loss[0] - 0.3

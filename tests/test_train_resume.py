@@ -13,25 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from train_testlib import (  # noqa: F401
-    losses,
-    prepared,
-    run_job,
-    small_config,
-    start_job,
-    status,
-    tb_raw_steps,
-    tb_scalars,
-)
 
 from checkpoint import train_state as ckpt
+from tests.helpers.training import losses, run_job, small_config, start_job, status, tb_raw_steps, tb_scalars
 from train.signals import EXIT_REQUEUE
 
 STEP_LINE = re.compile(r"^\[train\] step +\d+/\d+ \| loss [^|]+\| lr [^|]+\| grad norm [^|]+", re.M)
 
 
 @pytest.fixture(scope="module")
-def reference(prepared, tmp_path_factory) -> dict:  # noqa: F811
+def reference(prepared, tmp_path_factory) -> dict:
     """One uninterrupted 20-step run: stdout lines and TensorBoard values to compare against."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
     proc = run_job(run_dir, small_config(prepared))
@@ -67,7 +58,7 @@ def test_uninterrupted_run_learns_and_logs_every_step(reference):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
 
-def test_stop_at_10_then_resume_is_bit_exact(prepared, reference, tmp_path):  # noqa: F811
+def test_stop_at_10_then_resume_is_bit_exact(prepared, reference, tmp_path):
     run_dir = tmp_path / "run"
     first = run_job(run_dir, small_config(prepared, steps_this_run=10))
     assert first.returncode == 0, first.stdout + first.stderr
@@ -130,7 +121,7 @@ def _freeze_inside_save(proc: subprocess.Popen, root: Path, timeout: float) -> P
 
 
 @pytest.mark.slow
-def test_kill_9_mid_checkpoint_and_at_random_keeps_previous_checkpoint(prepared, reference, tmp_path):  # noqa: F811
+def test_kill_9_mid_checkpoint_and_at_random_keeps_previous_checkpoint(prepared, reference, tmp_path):
     run_dir = tmp_path / "run"
     root = run_dir / "checkpoints"
     cfg = small_config(prepared, checkpoint_interval=1, keep_last=2)
@@ -175,7 +166,7 @@ def test_kill_9_mid_checkpoint_and_at_random_keeps_previous_checkpoint(prepared,
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name)
-def test_signal_checkpoints_at_step_boundary_and_exits_for_requeue(prepared, tmp_path, sig):  # noqa: F811
+def test_signal_checkpoints_at_step_boundary_and_exits_for_requeue(prepared, tmp_path, sig):
     run_dir = tmp_path / "run"
     cfg = small_config(prepared, max_steps=100000, checkpoint_interval=0, eval_interval=0, log_interval=1)
     cfg.optim.warmup_steps = 5
@@ -220,7 +211,7 @@ def _worker_pid(parent: int, rank: int, timeout: float = 60) -> int:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_signal_to_one_rank_stops_every_rank_after_the_same_step(prepared, tmp_path):  # noqa: F811
+def test_signal_to_one_rank_stops_every_rank_after_the_same_step(prepared, tmp_path):
     """USR2 to rank 1 only: the flag travels in the step's all-reduce, so rank 0 (which got no signal) stops
     after the same step, and the one checkpoint they write together is complete and resumable."""
     run_dir = tmp_path / "run"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_testlib import ROOT, env, job_command, prepared, run_job, small_config, status, tb_scalars  # noqa: F401
 
 from model.config import DataParallelMode
+from tests.helpers.training import ROOT, env, job_command, run_job, small_config, status, tb_scalars
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -35,7 +35,7 @@ LAYOUTS = {  # the README's CPU layouts: (dp, tp, data-parallel mode)
 }
 
 
-def _cfg(prepared, dp, tp, mode, **trainer):  # noqa: F811
+def _cfg(prepared, dp, tp, mode, **trainer):
     cfg = small_config(prepared, max_steps=6, checkpoint_interval=3, eval_interval=3, **trainer)
     cfg.parallel.data_parallel_degree, cfg.parallel.tensor_parallel_degree = dp, tp
     cfg.parallel.data_parallel_mode = DataParallelMode(mode)
@@ -70,7 +70,7 @@ def _check_export_logits(run_dir: Path, cfg) -> None:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_every_layout_checkpoints_model_names_exports_and_reloads(prepared, tmp_path, layout):  # noqa: F811
+def test_every_layout_checkpoints_model_names_exports_and_reloads(prepared, tmp_path, layout):
     dp, tp, mode = LAYOUTS[layout]
     cfg = _cfg(prepared, dp, tp, mode, steps_this_run=3)
     run_dir = tmp_path / layout
@@ -99,7 +99,7 @@ def _prefix_old_style(step: Path) -> None:
     meta_path.write_text(json.dumps(meta, indent=2))
 
 
-def test_checkpoint_with_the_old_ddp_prefix_resumes_and_exports(prepared, tmp_path):  # noqa: F811
+def test_checkpoint_with_the_old_ddp_prefix_resumes_and_exports(prepared, tmp_path):
     cfg = _cfg(prepared, 2, 1, "ddp", steps_this_run=3)
     run_dir = tmp_path / "old"
     proc = run_job(run_dir, cfg, procs=2, timeout=600)
@@ -118,7 +118,7 @@ def test_checkpoint_with_the_old_ddp_prefix_resumes_and_exports(prepared, tmp_pa
 @pytest.mark.parametrize("dp,tp,mode", [(2, 1, "fsdp"), (2, 1, "ddp"), (2, 2, "fsdp")])
 def test_evaluation_is_collective_for_any_number_of_held_out_blocks(tmp_path, dp, tp, mode):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={dp * tp}"]
-    cmd += [str(ROOT / "tests" / "eval_worker.py"), str(tmp_path), str(dp), str(tp), mode]
+    cmd += [str(ROOT / "tests" / "helpers" / "eval_worker.py"), str(tmp_path), str(dp), str(tp), mode]
     e = env()
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), e["PYTHONPATH"]])
     proc = subprocess.Popen(
@@ -179,7 +179,7 @@ def test_watchdog_reports_a_stall_and_exits_and_leaves_a_busy_process_alone(tmp_
     assert busy.returncode == 0 and "no progress" not in busy.stderr, busy.stderr
 
 
-def test_validation_starts_before_step_one_and_the_summary_survives_zero_steps(prepared, tmp_path, capsys):  # noqa: F811
+def test_validation_starts_before_step_one_and_the_summary_survives_zero_steps(prepared, tmp_path, capsys):
     cfg = _cfg(prepared, 1, 1, "ddp")
     run_dir = tmp_path / "val"
     proc = run_job(run_dir, cfg, timeout=600)
@@ -214,8 +214,8 @@ def _print_summary(run_dir: Path, capsys) -> None:
     assert "0 steps this run (at step 6 of 6)" in out, out
 
 
-def test_sigint_is_reported_as_sigint(prepared, tmp_path):  # noqa: F811
-    from train_testlib import start_job
+def test_sigint_is_reported_as_sigint(prepared, tmp_path):
+    from tests.helpers.training import start_job
 
     cfg = _cfg(prepared, 1, 1, "ddp")
     cfg.trainer.max_steps, cfg.trainer.checkpoint_interval = 2000, 0

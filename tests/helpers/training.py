@@ -1,4 +1,4 @@
-"""Shared helpers for tests/test_train_*.py: a real prepared dataset (the data stage on the sample corpus with
+"""Helpers for the training tests: a real prepared dataset (the data stage on the sample corpus with
 a small BPE vocabulary) and real training processes (`python -m launcher.job RUN train`, under torchrun for
 several ranks), exactly what the launcher runs."""
 
@@ -12,12 +12,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from core.config import JobConfig
 from model.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"\[train\] step +(\d+)/\d+ \| loss ([0-9.]+) \| lr ([0-9.e+-]+) \| grad norm ([0-9.]+)")
 
 # Small enough that a step takes milliseconds; every degree used in the tests (tp 2) divides it.
@@ -111,24 +109,6 @@ def tb_scalars(tb_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]
 
 def status(run_dir: Path) -> dict:
     return json.loads((run_dir / "stages" / "train" / "status.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> Path:
-    """The cache folder holding the sample corpus prepared for SMALL_MODEL (made once per session)."""
-    cache = tmp_path_factory.getbasetemp() / "train-cache"
-    cfg = small_config(cache)
-    from core.marker import STAGE_MARKER as MARKER
-    from core.paths import data_dir
-
-    if not (data_dir(cfg) / MARKER).exists():
-        run_dir = tmp_path_factory.getbasetemp() / "train-data-run"
-        write_config(run_dir, cfg)
-        proc = subprocess.run(
-            job_command(run_dir, "data"), env=env(2), capture_output=True, text=True, timeout=600, cwd=ROOT
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return cache
 
 
 def tb_raw_steps(tb_dir: Path, tag: str = "train/loss") -> list[int]:

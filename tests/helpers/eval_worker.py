@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import torch
-from train_testlib import small_config
 
 from data.loader import eval_batches
 from model.config import DataParallelMode
+from tests.helpers.training import small_config
 from train.backend_torch import TorchBackend
 from train.stage_train import train_job
 
