@@ -5,6 +5,7 @@
 - torch backend: `step_N/model/dp_rank_DD_tp_rank_TT_pp_rank_00.pt` hold each rank's local tensors (TP shards,
   FSDP shards of those, or whole tensors). They are re-assembled by shape: FSDP shards concatenate on dim 0
   within a TP rank, TP shards on the one dim where tp x local == full; then `save_hf` writes the HF folder.
+  Names are the model's own; a checkpoint written under DDP carries DDP's `module.` before each, which is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 from checkpoint import steps
 from model.config import ModelConfig
+
+# DDP registers the model as its submodule `module`; the model itself has no submodule of that name.
+DDP_PREFIX = "module."
 
 
 def latest_step(root: Path) -> Path:
@@ -49,7 +53,21 @@ def merge_torch_shards(step: Path, model_cfg: ModelConfig) -> dict[str, Any]:
             f"The checkpoint {step} lacks model shards {missing[:4]} for its dp {dp} x tp {tp} "
             "layout; it is incomplete: export an older step_N or rerun training."
         )
-    sds = {k: torch.load(f, map_location="cpu", weights_only=True, mmap=True) for k, f in files.items()}
+    sds = {
+        k: {
+            name.removeprefix(DDP_PREFIX): t
+            for name, t in torch.load(f, map_location="cpu", weights_only=True, mmap=True).items()
+        }
+        for k, f in files.items()
+    }
+    for (d, t), sd in sds.items():
+        absent = [key for key in full_shapes if key not in sd]
+        if absent:
+            raise ValueError(
+                f"{files[(d, t)]} lacks {len(absent)} of the model's tensors ({', '.join(absent[:3])}, ...; it holds "
+                f"{', '.join(list(sd)[:3]) or 'nothing'}, ...): the checkpoint is not of this model config. Export "
+                "with the config the run was trained with."
+            )
     out: dict[str, Any] = {}
     for key, shape in full_shapes.items():
         locals_ = [
