@@ -9,7 +9,7 @@ Llama 3's pre-tokenizer (vocab 32000) trained on the first shard. Both are cache
 measurement runs in a fresh process with a fresh output/cache folder and the same thread count:
 - raw:  `Tokenizer.encode_batch` over the same texts (read into memory first, not timed): the limit here
         (the `x raw` column is time / this); also `encode_batch_fast` (no offsets, which ours calls), tighter;
-- ours: `data.prepare.run` on the jsonl shards (data=files, compact), start-up reported apart;
+- ours: `data.stage_data.run` on the jsonl shards (data=files, compact), start-up reported apart;
 - nxd:  NxD's get_dataset.py recipe: load_dataset("json") -> map(tokenizer) -> map(group_texts) ->
         save_to_disk (three columns), with a fresh HF datasets cache;
 - ours at a quarter of the corpus, for peak RSS (it must not grow with the corpus).

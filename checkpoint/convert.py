@@ -3,7 +3,8 @@
 HF -> NxD writes `<out>/model/dp_rank_00_tp_rank_XX_pp_rank_YY.pt` exactly as NxD's `convert_checkpoints.py
 --convert_from_full_state` does (same bytes for the same file name), but reads one slice at a time from the
 safetensors shards instead of `torch.load`-ing the whole model. NxD -> HF reads a converted folder or a training
-checkpoint's `step_N/model` and writes safetensors shards + index + config.json. Layout rules: nxd_layout.py.
+checkpoint's `step_N/model` and writes safetensors shards + index, config.json, generation_config.json and the
+tokenizer files (the same set as the torch backend's export: hf_companions.py). Layout rules: nxd_layout.py.
 
 Flags keep NxD's names; booleans are strict: a bare flag, `1`, `true` or `True` is true; `0` or `false` is false;
 anything else is an error. NxD's `type=bool` reads any non-empty value as true, so a carried-over `--qkv_linear
@@ -277,10 +278,12 @@ def to_hf(
     *,
     max_shard_bytes: int = 5 * 2**30,
     progress: bool = True,
+    tokenizer_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Write HF safetensors shards + index + config.json for the NxD checkpoint at `src` into `dest`."""
+    """Write HF safetensors shards + index, config.json (`hf_config`), generation_config.json and the tokenizer
+    files of `tokenizer_dir` (None: no tokenizer) for the NxD checkpoint at `src` into `dest`."""
     with one_thread():
-        return _to_hf(src, dest, arch, layout, hf_config, max_shard_bytes, progress)
+        return _to_hf(src, dest, arch, layout, hf_config, max_shard_bytes, progress, tokenizer_dir)
 
 
 def _to_hf(
@@ -291,13 +294,17 @@ def _to_hf(
     hf_config: dict[str, Any],
     max_shard_bytes: int,
     progress: bool,
+    tokenizer_dir: Path | None,
 ) -> dict[str, Any]:
     import torch
 
+    from checkpoint.hf_companions import tokenizer_files, write_companions
     from checkpoint.hf_stream import write_safetensors
     from checkpoint.torch_files import RankFile
 
     check(arch, layout)
+    if tokenizer_dir is not None:
+        tokenizer_files(tokenizer_dir)  # a missing tokenizer is reported before anything is written
     return_large_frees_to_the_os()
     paths = find_rank_files(src, layout)
     files = {tp_pp: RankFile(path) for tp_pp, path in paths.items()}
@@ -375,7 +382,9 @@ def _to_hf(
         weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (dest / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    if "dtype" in hf_config:  # the 5.x layout names the weights' dtype: say what was written
+        hf_config = {**hf_config, "dtype": str(dtypes[keys[0]]).removeprefix("torch.")}
+    companions = write_companions(dest, hf_config, tokenizer_dir)
     summary = bar.close()
     return {
         "direction": "nxd_to_hf",
@@ -383,6 +392,7 @@ def _to_hf(
         "output": str(dest),
         "layout": layout.describe(),
         "files": names,
+        "companions": companions,
         "warnings": warnings[:20],
         **summary,
     }
@@ -453,6 +463,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--load_xser", **b, help="accepted for NxD compatibility; xser input is detected")
     ap.add_argument("--hw_backend", default="trn1", choices=["trn1", "trn2"])
     ap.add_argument("--max_shard_size_gb", type=float, default=5.0, help="NxD -> HF shard size")
+    ap.add_argument(
+        "--tokenizer_dir",
+        type=Path,
+        help="NxD -> HF: tokenizer folder whose files are copied into the output (default: the folder of --config "
+        "when it holds a tokenizer, as a downloaded HF model folder does)",
+    )
     ap.add_argument("--no_progress", action="store_true")
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--convert_from_full_state", action="store_true", help="HF -> NxD shards")
@@ -472,6 +488,17 @@ def _config_for(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON ({e}).") from e
     return cfg_path, hf
+
+
+def _tokenizer_for(args: argparse.Namespace, cfg_path: Path) -> Path | None:
+    """NxD -> HF: the tokenizer folder to copy (--tokenizer_dir, else the --config's folder if it has one)."""
+    from checkpoint.hf_companions import TOKENIZER_MODELS, tokenizer_files
+
+    if args.tokenizer_dir is not None:
+        tokenizer_files(args.tokenizer_dir, "pass --tokenizer_dir a folder that AutoTokenizer.from_pretrained loads")
+        return args.tokenizer_dir
+    beside = cfg_path.parent
+    return beside if any((beside / name).is_file() for name in TOKENIZER_MODELS) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,6 +528,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     )
     check(arch, layout)
     to_nxd_mode = args.convert_from_full_state
+    tokenizer = None if to_nxd_mode else _tokenizer_for(args, cfg_path)
     inputs = {
         "direction": "hf_to_nxd" if to_nxd_mode else "nxd_to_hf",
         "input": str(args.input_dir.resolve()),
@@ -510,6 +538,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         "xser": args.save_xser if to_nxd_mode else None,
         "max_shard_size_gb": None if to_nxd_mode else args.max_shard_size_gb,
     }
+    if tokenizer is not None:
+        inputs["tokenizer"] = input_signature(tokenizer)
     progress = not args.no_progress
     with atomic_dir(args.output_dir, inputs) as tmp:
         if tmp is None:
@@ -531,6 +561,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
                 hf,
                 max_shard_bytes=int(args.max_shard_size_gb * 2**30),
                 progress=progress,
+                tokenizer_dir=tokenizer,
             )
     summary["output"] = str(args.output_dir)
     return summary

@@ -5,6 +5,7 @@
 - torch backend: `step_N/model/dp_rank_DD_tp_rank_TT_pp_rank_00.pt` hold each rank's local tensors (TP shards,
   FSDP shards of those, or whole tensors). They are re-assembled by shape: FSDP shards concatenate on dim 0
   within a TP rank, TP shards on the one dim where tp x local == full; then `save_hf` writes the HF folder.
+  Names are the model's own; a checkpoint written under DDP carries DDP's `module.` before each, which is dropped.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def merge_torch_shards(step: Path, model_cfg: ModelConfig) -> dict[str, Any]:
 
     # model_keys: checkpoints written before the names were fixed carry DDP's `module.` prefix.
     sds = {k: model_keys(torch.load(f, map_location="cpu", weights_only=True, mmap=True)) for k, f in files.items()}
+    for (d, t), sd in sds.items():
+        absent = [key for key in full_shapes if key not in sd]
+        if absent:
+            raise ValueError(
+                f"{files[(d, t)]} lacks {len(absent)} of the model's tensors ({', '.join(absent[:3])}, ...; it holds "
+                f"{', '.join(list(sd)[:3]) or 'nothing'}, ...): the checkpoint is not of this model config. Export "
+                "with the config the run was trained with."
+            )
     out: dict[str, Any] = {}
     for key, shape in full_shapes.items():
         absent = [str(f) for k, f in files.items() if key not in sds[k]]

@@ -100,27 +100,45 @@ ARCH_FIELDS = (
 ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
-def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
-    """config.json for `transformers.LlamaForCausalLM` (4.x layout: rope_theta + rope_scaling, which 5.x
-    still reads), from our ModelConfig."""
+# The transformers release whose config.json layout `to_hf_config` writes: the one constraints.txt pins (a test
+# checks that transformers re-saves our config.json byte for byte).
+HF_LAYOUT_VERSION = "5.23.0"
+
+
+def rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
+    """config.json's `rope_parameters` (transformers 5.x; 4.x spelt it rope_theta + rope_scaling)."""
     rs = cfg.rope_scaling
-    rope_scaling = None if rs.factor == 0 else {"rope_type": "llama3", **{f: getattr(rs, f) for f in ROPE_FIELDS}}
-    return {
+    if rs.factor == 0:
+        return {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    return {"rope_theta": cfg.rope_theta, "rope_type": "llama3", **{f: getattr(rs, f) for f in ROPE_FIELDS}}
+
+
+def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """config.json for `transformers.LlamaForCausalLM`, from our ModelConfig: exactly the keys and values that
+    `save_pretrained` of the same model writes in transformers HF_LAYOUT_VERSION (rope_parameters, dtype).
+
+    `dtype` is the dtype of the saved weights (torch's name without `torch.`)."""
+    fields = {f: getattr(cfg, f) for f in ARCH_FIELDS if f != "rope_theta"}
+    out = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        **{f: getattr(cfg, f) for f in ARCH_FIELDS},
+        **fields,
         "head_dim": cfg.hidden_size // cfg.num_attention_heads,
-        "rope_scaling": rope_scaling,
+        "rope_parameters": rope_parameters(cfg),
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
         "initializer_range": cfg.initializer_range,
+        "pretraining_tp": 1,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
-        "torch_dtype": torch_dtype,
+        "pad_token_id": None,
+        "dtype": dtype,
         "use_cache": True,
+        "transformers_version": HF_LAYOUT_VERSION,
     }
+    return dict(sorted(out.items()))
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -6,16 +6,15 @@ then reads one tensor at a time with `safe_open` and copies it into the matching
 model plus its largest tensor, never two models. Parameters that are already DTensors (TP / FSDP2) receive
 their local slice only.
 
-`save_hf` writes model.safetensors (or model-0000i-of-0000N.safetensors + model.safetensors.index.json) and a
-config.json that `transformers.LlamaForCausalLM.from_pretrained` loads, under a temporary name renamed into
-place when complete.
+`save_hf` writes model.safetensors (or model-0000i-of-0000N.safetensors + model.safetensors.index.json), config.json,
+generation_config.json and (given its folder) the tokenizer: a folder that `transformers` loads on its own
+(checkpoint/hf_folder.py). It is written under a temporary name and renamed into place when complete
+(core/publish.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from checkpoint.hf_adapter import from_hf_key, to_hf, to_hf_config
+from checkpoint.hf_companions import tokenizer_files, write_companions
 from checkpoint.hf_folder import INDEX, SINGLE, check_config, checkpoint_files, read_hf_config
+from core import publish
 from model.config import ModelConfig
 
 __all__ = ["INDEX", "SINGLE", "check_config", "checkpoint_files", "load_hf", "read_hf_config", "save_hf"]
@@ -124,14 +125,19 @@ def save_hf(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    tokenizer_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write an HF folder at `out_dir` (absent or empty). dtype None keeps the tensors' own dtype."""
+    """Write an HF folder at `out_dir` (absent or empty). dtype None keeps the tensors' own dtype; the tokenizer
+    files of `tokenizer_dir` are copied beside the weights (None: the folder gets no tokenizer)."""
     out = Path(out_dir)
+    tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
     hf = to_hf(_full_state(model_or_state_dict))
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return {"path": str(out), "written": False}  # every rank gathered; rank 0 writes
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} already exists and is not empty; save_hf never overwrites. Remove it first.")
+    if tok is not None:
+        tokenizer_files(tok)  # a missing tokenizer is reported before anything is written
     if cfg.tie_word_embeddings:
         hf.pop("lm_head.weight", None)  # as save_pretrained: transformers re-ties it from embed_tokens
     tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in hf.items()}
@@ -149,20 +155,21 @@ def save_hf(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, keys in zip(names, shards):
-        save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata={"format": "pt"})
     total = sum(v.numel() * v.element_size() for v in tensors.values())
-    if len(shards) > 1:
-        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    first = next(iter(tensors.values()))
-    torch_dtype = str(first.dtype).removeprefix("torch.")
-    (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg, torch_dtype), indent=2) + "\n")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    return {"path": str(out), "written": True, "files": names, "total_size": total, "tensors": len(tensors)}
+    torch_dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    with publish.publishing(out) as tmp:
+        for name, keys in zip(names, shards):
+            save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata={"format": "pt"})
+        if len(shards) > 1:
+            weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        companions = write_companions(tmp, to_hf_config(cfg, torch_dtype), tok)
+    return {
+        "path": str(out),
+        "written": True,
+        "files": names,
+        "companions": companions,
+        "total_size": total,
+        "tensors": len(tensors),
+    }

@@ -111,6 +111,17 @@ def test_wrong_flags_on_the_way_back(tmp_path, hf, capsys):
     assert leftovers(tmp_path / "back") == []
 
 
+def test_tokenizer_dir_without_a_tokenizer_is_refused_before_anything_is_written(tmp_path, hf, capsys):
+    f = ["--tp_size", "2"]
+    assert convert(hf, tmp_path / "nxd", *f) == 0
+    (tmp_path / "empty").mkdir()
+    back = ["--config", str(hf / "config.json"), "--tokenizer_dir", str(tmp_path / "empty")]
+    assert convert(tmp_path / "nxd", tmp_path / "back", *f, *back, mode="--convert_to_full_state") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'} holds no tokenizer" in err and "--tokenizer_dir" in err
+    assert leftovers(tmp_path / "back") == [] and not (tmp_path / "back").exists()
+
+
 def test_output_folder_with_other_content_is_refused(tmp_path, hf, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")

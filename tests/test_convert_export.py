@@ -1,9 +1,11 @@
 """The `export` stage: a real torch-backend checkpoint (tp 2 x dp 2 FSDP, 4 gloo processes) and an NxD-layout
-checkpoint, each exported to HF and loaded by transformers, compared with our model / the source weights."""
+checkpoint, each exported to HF and loaded by transformers, compared with our model / the source weights; both
+hold the same set of files (weights, config, generation config, the data stage's tokenizer)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from pathlib import Path
@@ -13,10 +15,13 @@ import torch
 
 from checkpoint.stage_export import run
 from core.config import JobConfig
+from core.paths import tokenizer_dir
 from core.stages import Stage, StageContext
+from data.tokenizer import ensure_sample_tokenizer
 from model.config import DataParallelMode
 from tests.helpers.hf import make_hf
 from tests.helpers.training import checkpoint_layout as _layout
+from tests.test_export_usable import EXPORT_FILES
 from train.config import Backend
 
 
@@ -56,6 +61,13 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
         backend.teardown()
 
 
+def _with_sample_tokenizer(cfg: JobConfig, cache: Path) -> JobConfig:
+    """Point the cache at a test folder holding the sample tokenizer the data stage would have built."""
+    cfg.cluster.cache_dir = str(cache)
+    ensure_sample_tokenizer(tokenizer_dir(cfg), cfg.model.vocab_size)
+    return cfg
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +85,7 @@ def test_torch_backend_checkpoint_exports_to_hf_with_same_logits(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.multiprocessing.spawn(_worker, args=(4, _free_port(), str(run_dir)), nprocs=4, join=True)
     assert len(list((run_dir / "checkpoints" / "step_3" / "model").iterdir())) == 4  # one per dp x tp rank
-    cfg = _cfg(2, 2)
+    cfg = _with_sample_tokenizer(_cfg(2, 2), tmp_path / "cache")
     work = run_dir / ".export.tmp"
     work.mkdir()
     summary = run(cfg, StageContext(Stage.export, run_dir, work, run_dir / "export"))
@@ -86,6 +98,7 @@ def test_torch_backend_checkpoint_exports_to_hf_with_same_logits(tmp_path):
     with torch.no_grad():
         ref, got = ours(ids), hf(ids).logits
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in work.iterdir()) == EXPORT_FILES
     from checkpoint.hf_adapter import to_hf
 
     exported = dict(hf.state_dict())
@@ -95,6 +108,7 @@ def test_torch_backend_checkpoint_exports_to_hf_with_same_logits(tmp_path):
 
 def test_nxd_backend_checkpoint_exports_bit_exact(tmp_path):
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer, GenerationConfig
 
     from checkpoint.convert import to_nxd
     from checkpoint.hf_adapter import to_hf_config
@@ -110,6 +124,7 @@ def test_nxd_backend_checkpoint_exports_bit_exact(tmp_path):
     p = cfg.parallel
     p.tensor_parallel_degree, p.pipeline_parallel_degree, p.kv_size_multiplier = 8, 2, 2
     p.qkv_linear, p.fuse_qkv = True, True
+    _with_sample_tokenizer(cfg, tmp_path / "cache")
     hf = to_hf_config(cfg.model)
     model = make_hf(tmp_path / "hf", heads=8, kv=4, layers=4, hidden=256, inter=768, vocab=2048, dtype=torch.float32)
     assert model.config.num_key_value_heads == hf["num_key_value_heads"]
@@ -125,3 +140,8 @@ def test_nxd_backend_checkpoint_exports_bit_exact(tmp_path):
     src = model.state_dict()
     assert sorted(got) == sorted(src)
     assert all(torch.equal(got[k], src[k]) for k in src)
+    # The same files as the torch backend's export, usable on their own.
+    assert sorted(p.name for p in work.iterdir()) == EXPORT_FILES
+    assert json.loads((work / "config.json").read_text())["dtype"] == "float32"  # the tensors' dtype
+    tok, gen = AutoTokenizer.from_pretrained(work), GenerationConfig.from_pretrained(work)
+    assert (gen.bos_token_id, gen.eos_token_id) == (tok.bos_token_id, tok.eos_token_id) == (0, 1)

@@ -103,9 +103,15 @@ def test_round_trip_is_bit_exact(tmp_path, combo, capsys):
 
 
 def test_exported_folder_loads_in_transformers_with_same_logits(tmp_path):
-    from transformers import LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    from data.tokenizer import ensure_sample_tokenizer
 
     model = make_hf(tmp_path / "hf", heads=16, kv=2, layers=2, dtype=torch.float32)
+    # A downloaded HF folder holds its tokenizer beside config.json: the export copies it from there.
+    tokenizer = ensure_sample_tokenizer(tmp_path / "tok", 300)
+    for f in tokenizer.iterdir():
+        (tmp_path / "hf" / f.name).write_bytes(f.read_bytes())
     f = flags(8, 2, 4, True, True)
     main(["--input_dir", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "nxd"), *f, "--convert_from_full_state"])
     # A training checkpoint's step_N/model folder is accepted as input as well.
@@ -126,8 +132,15 @@ def test_exported_folder_loads_in_transformers_with_same_logits(tmp_path):
             "--convert_to_full_state",
         ]
     )
-    assert (tmp_path / "back" / "model.safetensors.index.json").is_file()
-    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    back = tmp_path / "back"
+    assert (back / "model.safetensors.index.json").is_file()
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (back / name).is_file(), name
+    tok, gen = AutoTokenizer.from_pretrained(back), GenerationConfig.from_pretrained(back)
+    # BOS/EOS of the generation config are the tokenizer's (0, 1), not config.json's (transformers' 1, 2).
+    assert (gen.bos_token_id, gen.eos_token_id) == (tok.bos_token_id, tok.eos_token_id) == (0, 1)
+    assert json.loads((back / "config.json").read_text())["eos_token_id"] == 2
+    loaded = LlamaForCausalLM.from_pretrained(back).eval()
     ids = torch.randint(0, 128, (2, 12))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -90,7 +90,7 @@ def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, tied):
     assert len(summary["files"]) > 1 and (out / "model.safetensors.index.json").is_file()
     assert not list(tmp_path.glob(".export.tmp-*"))
     conf = json.loads((out / "config.json").read_text())
-    assert conf["rope_scaling"]["rope_type"] == "llama3" and conf["torch_dtype"] == "float32"
+    assert conf["rope_parameters"]["rope_type"] == "llama3" and conf["dtype"] == "float32"
     assert conf["architectures"] == ["LlamaForCausalLM"]
     hf = LlamaForCausalLM.from_pretrained(out).eval()
     assert torch.equal(hf.model.rotary_emb.inv_freq, ours.rope_inv_freq)
@@ -105,8 +105,9 @@ def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, tied):
 def test_save_hf_single_file_bf16_and_no_overwrite(tmp_path):
     sd = build(CFG).state_dict()
     save_hf(sd, CFG, tmp_path / "a", dtype=torch.bfloat16)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    names = ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == names  # no tokenizer folder given: none
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "bfloat16"
     with safe_open(str(tmp_path / "a" / "model.safetensors"), "pt") as f:
         assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="not empty"):
