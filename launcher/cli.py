@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from core.config import ExecutorKind
 from launcher.compose import USER_GROUPS, Composed, ConfigError, compose, options
 
 EXIT_USER_ERROR = 2
@@ -145,13 +146,26 @@ def run_all(composed: list[Composed], multirun: bool) -> int:
             plans.append(make_plan(c, run_dir))
     if problems:
         return _fail(problems)
+    live = [p for p in plans if not p.cfg.dry_run]
+    if live and live[0].cfg.cluster.executor == ExecutorKind.slurm:
+        from launcher.slurm_executor import preflight
+
+        problems = preflight(live)
+        if problems:
+            return _fail(problems)
     rc = 0
+    executors: dict = {}
     for plan in plans:
         print(plan.render(with_scripts=plan.cfg.dry_run))
         if plan.cfg.dry_run:
             print("\ndry run: nothing was written or submitted.")
             continue
-        rc = rc or _execute(plan)
+        kind = plan.cfg.cluster.executor
+        if kind not in executors:  # one per kind and call: a sweep's points share their data job
+            from launcher.executor import get_executor
+
+            executors[kind] = get_executor(kind)
+        rc = rc or _execute(plan, executors[kind])
     return rc
 
 
@@ -170,14 +184,19 @@ def _point_name(overrides: list[str], keys: list[str]) -> str:
     return re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={kv[k]}" for k in keys if k in kv)) or "point"
 
 
-def _execute(plan) -> int:
-    from launcher.executor import get_executor
-    from launcher.runfolder import create_run_folder, print_summary
+def _execute(plan, executor=None) -> int:
+    from launcher.runfolder import create_run_folder, print_submitted, print_summary
 
     create_run_folder(plan)
-    rc = get_executor(plan.cfg.cluster.executor).submit(plan)
-    print_summary(plan, rc)
-    return rc
+    handles = executor.submit(plan)
+    if plan.cfg.cluster.executor == ExecutorKind.local:
+        rc = 0
+        for h in handles:  # only a local run is waited on
+            rc = rc or (h.wait() or 0)
+        print_summary(plan, rc)
+        return rc
+    print_submitted(plan, handles)
+    return 0
 
 
 if __name__ == "__main__":

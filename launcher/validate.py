@@ -468,15 +468,6 @@ def validate(composed: Composed) -> list[str]:
                             f"stages=[] to run everything that applies.",
                         )
                     )
-    if c.executor == ExecutorKind.slurm and not cfg.dry_run:
-        add(
-            Problem(
-                "cluster.executor",
-                c.executor,
-                "submission to Slurm is not available in this version yet (the plan and the sbatch scripts are).",
-                "add dry_run=true to print the plan and scripts.",
-            )
-        )
     nxd_jobs = [s.value for s in selected(cfg) if s in (Stage.compile, Stage.train)]
     if d.backend == Backend.nxd and not cfg.dry_run and nxd_jobs:
         add(
