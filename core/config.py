@@ -81,8 +81,8 @@ class ClusterConfig:
     # Pyxis/Enroot image for every job's srun (`--container-image`), and `--container-mounts` ("" = none).
     container_image: str = ""
     container_mounts: str = ""
-    # Extra `#SBATCH --key=value` lines of every job ("" = a bare flag), and extra srun options.
-    sbatch_options: dict[str, str] = field(default_factory=dict)
+    # Extra sbatch options of every job (`["--qos=high", "--hold"]`: one `#SBATCH` line each), and srun options.
+    sbatch_options: list[str] = field(default_factory=list)
     srun_options: list[str] = field(default_factory=list)
     # Root of run folders (`run_dir` default: <runs_dir>/<model>-<parallel>-<cluster>).
     runs_dir: str = "runs"

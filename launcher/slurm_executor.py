@@ -78,8 +78,9 @@ def stage_parameters(plan: Plan, sp: StagePlan, dependency: list[str]) -> dict:
         params["gpus_per_node"] = plan.derived.devices_per_node
     if dependency:
         params["dependency"] = "afterok:" + ":".join(dependency)
-    for k, v in c.sbatch_options.items():
-        extra[k.lstrip("-")] = v if v != "" else True
+    for opt in c.sbatch_options:
+        key, eq, value = opt.lstrip("-").partition("=")
+        extra[key] = value if eq else True
     params["additional_parameters"] = extra
     root = shlex.quote(str(ROOT))
     setup = [*c.setup, f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
