@@ -77,7 +77,13 @@ def slurm_view(ids: list[str]) -> tuple[dict[str, dict], str]:
             if state.startswith("REQUEUED") or state.startswith("NODE_FAIL") or state.startswith("PREEMPTED"):
                 row["requeues"] += 1
             row.update(state=state.split()[0], exit_code=code, elapsed=elapsed, reason=reason)
-        return out, "sacct"
+        # Jobs not yet eligible (held, or waiting on a dependency) are not in sacct yet: the controller knows them.
+        missing = [j for j in ids if j not in out]
+        return {**out, **_scontrol(missing)}, "sacct"
+    return _scontrol(ids), "squeue/scontrol"
+
+
+def _scontrol(ids: list[str]) -> dict[str, dict]:
     out = {}
     for jid in ids:
         r = _run(["scontrol", "-o", "show", "job", jid])
@@ -91,7 +97,7 @@ def slurm_view(ids: list[str]) -> tuple[dict[str, dict], str]:
             "requeues": int(f.get("Restarts", "0") or 0),
             "exit_code": f.get("ExitCode", ""),
         }
-    return out, "squeue/scontrol"
+    return out
 
 
 def _train_progress(log: Path) -> tuple[str, str]:

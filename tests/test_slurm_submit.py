@@ -7,6 +7,7 @@ tests/test_slurm_jobs.py runs stages for real.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,31 @@ def test_requeue_rules():
     assert not again and "same step" in why
     assert rendezvous_port("12345") == rendezvous_port("12345") != rendezvous_port("12346")
     assert 20000 <= rendezvous_port("99999999") < 40000
+
+
+def test_sweep_shares_one_data_job_and_cancel_says_what_it_cancelled(slurm_cluster, tmp_path):
+    args = ["-m", "optim.lr=1e-3,3e-3", *slurm_args(tmp_path, "cluster.sbatch_options=[--hold]")]
+    proc = launcher(slurm_cluster, args, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = sorted(p.parent for p in (tmp_path / "runs").rglob("run.json"))
+    assert [p.name for p in points] == ["optim.lr=0.001", "optim.lr=0.003"]
+    jobs = {p.name: {s: json.loads((p / "stages" / s / "job.json").read_text())["job_id"] for s in ("data", "train")}
+            for p in points}  # fmt: skip
+    data_ids = {j["data"] for j in jobs.values()}
+    train_ids = [j["train"] for j in jobs.values()]
+    try:
+        queued = squeue_names(slurm_cluster)
+        names = sorted(n for i, n in queued.items() if i in {*data_ids, *train_ids})
+        assert len(data_ids) == 1 and len(set(train_ids)) == 2 and len(names) == 3, (jobs, queued)
+        for tid in train_ids:
+            dep = slurm_cluster.job(tid)["Dependency"]
+            assert dep.startswith(f"afterok:{next(iter(data_ids))}"), dep
+        r = launcher(slurm_cluster, ["cancel", str(points[0])], tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"train (job {jobs[points[0].name]['train']}, was pending)" in r.stdout, r.stdout
+        left = squeue_names(slurm_cluster)
+        assert jobs[points[0].name]["train"] not in left and jobs[points[1].name]["train"] in left
+        r = launcher(slurm_cluster, ["status", str(points[0])], tmp_path)
+        assert re.search(r"train\s+cancelled", r.stdout), r.stdout
+    finally:
+        slurm_cluster.run(["scancel", *squeue_names(slurm_cluster)])
