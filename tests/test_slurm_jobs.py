@@ -3,6 +3,7 @@ quoting, status with and without accounting. The tiny model with a few small ste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -140,6 +141,7 @@ def _interrupt_and_resume(slurm_cluster, tmp_path, cache, interrupt: list[str]) 
     _wait(lambda: (run_dir / "checkpoints" / "step_4" / "COMPLETE").exists(), "the first checkpoint")
     slurm_cluster.run([*interrupt, job], check=True)
     _wait(lambda: _status(run_dir, "train").get("state") == "completed", "training to complete after the restart")
+    _wait(lambda: _gone(slurm_cluster, [job]), "the job to end")
     return run_dir, job
 
 
@@ -161,31 +163,90 @@ def test_interrupted_training_resumes_with_the_same_final_loss(
         assert attempts[0]["outcome"] == "preempted" and attempts[0]["requeued"]
 
 
-def test_two_node_data_parallel_matches_local(slurm_cluster, tmp_path, cache):
-    """cluster.nodes=2 parallel=cpu_dp2: one torchrun per node, rendezvous from the allocation; the same losses
-    as the same config run locally on 2 processes."""
-    dp = ["parallel=cpu_dp2", "stages=[data,train]", *TINY]
-    run_dir = tmp_path / "two-node"
-    proc = launcher(slurm_cluster, [*slurm_args(tmp_path, "cluster.nodes=2", f"run_dir={run_dir}", *dp)], tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    local_dir = tmp_path / "local"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINIUM_LAUNCHER_CACHE": str(tmp_path / "local-cache")}
-    local = subprocess.run(
-        [sys.executable, "-m", "launcher", f"run_dir={local_dir}", *dp],
-        cwd=tmp_path,
+DP = ("parallel=cpu_dp2", "stages=[data,train]", *TINY)
+
+
+@pytest.fixture(scope="module")
+def local_dp2(tmp_path_factory) -> dict[int, str]:
+    """The same data-parallel config run locally on 2 processes: its losses by step."""
+    tmp = tmp_path_factory.mktemp("local-dp2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINIUM_LAUNCHER_CACHE": str(tmp / "cache")}
+    env.pop("SLURM_CONF", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", f"run_dir={tmp / 'run'}", *DP],
+        cwd=tmp,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = _losses(tmp / "run" / "stages" / "train" / "train.log")
+    assert len(losses) == 12
+    return losses
+
+
+def _two_node(cluster, tmp_path, cache) -> Path:
+    run_dir = tmp_path / "two-node"
+    args = slurm_args(tmp_path, "cluster.nodes=2", f"run_dir={run_dir}", f"cluster.cache_dir={cache}", *DP)
+    proc = launcher(cluster, args, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir
+
+
+def test_two_node_data_parallel_matches_local(slurm_cluster, tmp_path, cache, local_dp2):
+    """cluster.nodes=2 parallel=cpu_dp2: one torchrun per node, rendezvous from the allocation; the same losses
+    as the same config run locally on 2 processes."""
+    run_dir = _two_node(slurm_cluster, tmp_path, cache)
     _wait(lambda: _gone(slurm_cluster, [_job(run_dir, "train")]), "the two-node job")
     assert _status(run_dir, "train").get("state") == "completed", _status(run_dir, "train")
-    ours = _losses(_log(run_dir, "train"))
-    theirs = _losses(local_dir / "stages" / "train" / "train.log")
-    assert len(ours) == 12 and ours == theirs, (ours, theirs)
+    assert _losses(_log(run_dir, "train")) == local_dp2
     log = _log(run_dir, "train").read_text()
     assert "--nnodes=2" in log and "--node_rank=0" in log and "--master_addr=127.0.0.1" in log
+    node1 = _log(run_dir, "train").with_name(_log(run_dir, "train").name.replace("_0_log", "_1_log"))
+    assert "--node_rank=1" in node1.read_text()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            out += [child, *_children(child)]
+    return out
+
+
+def test_node_lost_mid_training_requeues_and_resumes(slurm_cluster, tmp_path, cache, local_dp2):
+    """Kill n2's slurmd and the job's processes on it (a node that dies), start it again (a replaced node): Slurm
+    requeues the job, which resumes from its last checkpoint and ends with the same losses."""
+    import signal
+
+    from tests.helpers.slurm_cluster import which
+
+    run_dir = _two_node(slurm_cluster, tmp_path, cache)
+    job = _job(run_dir, "train")
+    _wait(lambda: (run_dir / "checkpoints" / "step_4" / "COMPLETE").exists(), "the first checkpoint")
+    slurmd = dict(slurm_cluster._procs)["slurmd-n2"]
+    doomed = [slurmd.pid, *_children(slurmd.pid)]
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    slurmd.wait(10)
+    down = lambda: "down" in slurm_cluster.run(["sinfo", "-h", "-n", "n2", "-o", "%t"]).stdout  # noqa: E731
+    _wait(down, "n2 to be marked down", timeout=120)
+    slurm_cluster._spawn("slurmd-n2", [which("slurmd"), "-D", "-N", "n2"])
+    _wait(lambda: _status(run_dir, "train").get("state") == "completed", "training to complete after the requeue")
+    _wait(lambda: _gone(slurm_cluster, [job]), "the job to end")
+    assert int(slurm_cluster.job(job).get("Restarts", "0")) >= 1 or _status(run_dir, "train").get("restart", 0) >= 1
+    log = _log(run_dir, "train").read_text(errors="replace")
+    resumed = [int(k) for k in re.findall(r"resumed from \S*step_(\d+)", log)]
+    assert resumed and resumed[-1] >= 4, log[-3000:]
+    losses = _losses(_log(run_dir, "train"))
+    assert losses[12] == local_dp2[12] and all(losses[k] == local_dp2[k] for k in losses), (losses, local_dp2)
 
 
 def test_failing_data_stage_never_trains_and_status_says_why_without_accounting(slurm_cluster_noacct, tmp_path):
