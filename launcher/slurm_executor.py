@@ -251,7 +251,14 @@ def preflight(plans: list[Plan]) -> list[str]:
             "sbatch is not on PATH: cluster.executor=slurm submits with sbatch. Fix: run the launcher on a Slurm "
             "login node (or put Slurm's client commands on PATH), or use cluster=local."
         ]
-    parts = _partitions()
+    parts, err = _partitions()
+    if err:
+        want = plans[0].cfg.cluster.partition
+        return [
+            f"cluster.partition={want!r}: Slurm does not answer here, so the partition and the node count cannot "
+            f"be checked and nothing can be queued (scontrol show partition: {err}). Fix: run on a login node of "
+            "the cluster (with its slurm.conf, or SLURM_CONF set), or use dry_run=true or cluster=local."
+        ]
     for plan in plans:
         c = plan.cfg.cluster
         name = c.partition or next((p for p, v in parts.items() if v["default"]), "")
@@ -289,8 +296,13 @@ def preflight(plans: list[Plan]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _partitions() -> dict[str, dict]:
-    r = subprocess.run(["scontrol", "-o", "show", "partition"], capture_output=True, text=True)
+def _partitions() -> tuple[dict[str, dict], str]:
+    try:
+        r = subprocess.run(["scontrol", "-o", "show", "partition"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {}, str(exc)
+    if r.returncode != 0:
+        return {}, (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
     out: dict[str, dict] = {}
     for line in r.stdout.splitlines():
         f = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
@@ -303,7 +315,7 @@ def _partitions() -> dict[str, dict]:
                 "state": f.get("State", "UP"),
                 "cpus": _max_cpus(f["PartitionName"]),
             }
-    return out
+    return out, ""
 
 
 def _max_cpus(partition: str) -> int:

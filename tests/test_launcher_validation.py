@@ -168,9 +168,9 @@ CASES = [
         ["stages=[train]", "stage train reads the output of stage data", "stages=[data,train]"],
     ),
     (
-        "slurm-submission",
-        ["cluster=slurm", "cluster.accelerator=cpu"],
-        ["cluster.executor=slurm", "dry_run=true"],
+        "slurm-preflight",  # no such partition, or no Slurm answering here: checked before anything is queued
+        ["cluster=slurm", "cluster.accelerator=cpu", "cluster.partition=nosuch"],
+        ["cluster.partition='nosuch'"],
     ),
     (
         "negative-sample-documents",

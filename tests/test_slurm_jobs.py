@@ -207,17 +207,22 @@ def test_two_node_data_parallel_matches_local(slurm_cluster, tmp_path, cache, lo
     assert "--node_rank=1" in node1.read_text()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def _job_pids_on(node: str, job: str) -> list[int]:
+    """The job's processes on one node: its tasks (by their Slurm environment) and the slurmstepd above them."""
+    pids: set[int] = set()
+    for env in Path("/proc").glob("[0-9]*/environ"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            vars_ = set(env.read_bytes().split(b"\0"))
+            stat = (env.parent / "stat").read_text()
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            out += [child, *_children(child)]
-    return out
+        if f"SLURMD_NODENAME={node}".encode() in vars_ and f"SLURM_JOB_ID={job}".encode() in vars_:
+            pids.add(int(env.parent.name))
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            with contextlib.suppress(OSError):
+                if "slurmstepd" in Path(f"/proc/{ppid}/cmdline").read_text():
+                    pids.add(ppid)
+    return sorted(pids)
 
 
 def test_node_lost_mid_training_requeues_and_resumes(slurm_cluster, tmp_path, cache, local_dp2):
@@ -231,7 +236,8 @@ def test_node_lost_mid_training_requeues_and_resumes(slurm_cluster, tmp_path, ca
     job = _job(run_dir, "train")
     _wait(lambda: (run_dir / "checkpoints" / "step_4" / "COMPLETE").exists(), "the first checkpoint")
     slurmd = dict(slurm_cluster._procs)["slurmd-n2"]
-    doomed = [slurmd.pid, *_children(slurmd.pid)]
+    doomed = [slurmd.pid, *_job_pids_on("n2", job)]
+    assert len(doomed) >= 3, doomed  # slurmd, slurmstepd, the task (and its torchrun and worker)
     for pid in doomed:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
