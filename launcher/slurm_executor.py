@@ -220,7 +220,7 @@ class SlurmExecutor:
             print(f"submission failed; cancelled the jobs it had queued: {' '.join(mine)}", flush=True)
 
     def _submit_stage(self, plan: Plan, sp: StagePlan, ids: dict[Stage, str]) -> tuple[str, Path]:
-        from launcher.slurm_job import StageTask
+        from launcher.slurm_job import CANCEL_MARKER, StageTask
 
         deps = [ids[s] for s in sp.after if s in ids]
         ex = make_executor(plan, sp, deps)
@@ -228,6 +228,9 @@ class SlurmExecutor:
         folder = plan.run_dir / "stages" / sp.stage.value
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{sp.stage.value}.sbatch").write_text(text)
+        # A new submission starts a new series of attempts (launcher/slurm_job.py) and is not cancelled.
+        for name in ("requeue.json", CANCEL_MARKER):
+            (folder / name).unlink(missing_ok=True)
         c = plan.cfg.cluster
         r = resources(plan.cfg, sp.stage)
         task = StageTask(

@@ -146,6 +146,9 @@ class StageTask:
                 raise RuntimeError(f"stage {self.stage} exited with {rc} on node {env.get('SLURM_NODEID')}")
             return {"rc": rc}
         status = _read(folder / "status.json")
+        if rc == 0 and status.get("state") == "stopped":
+            # trainer.steps_this_run ended this run before max_steps: what depends on training must not start.
+            raise RuntimeError(f"stage {self.stage} stopped before the end (steps_this_run); submit again to continue")
         if rc == 0:
             return {"state": status.get("state", "completed"), "job_id": job_id}
         if "SIGTERM" in received and "SIGUSR2" not in received:
