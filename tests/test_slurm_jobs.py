@@ -283,6 +283,33 @@ def test_values_with_shell_characters_reach_the_job_intact(slurm_cluster, tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _wait(lambda: _gone(slurm_cluster, [_job(run_dir, "data")]), "the data job", timeout=300)
     assert _status(run_dir, "data")["state"] == "completed", _status(run_dir, "data")
-    assert f"launcher.job', '{run_dir}', 'data'" in _log(run_dir, "data").read_text()
+    assert f"'launcher.job', {str(run_dir)!r}, 'data'" in _log(run_dir, "data").read_text()  # argv, intact
     assert (tmp_path / "setup.txt").read_text() == "setup ran\n"
     assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_always_failing_training_stops_after_its_retries(slurm_cluster, tmp_path):
+    """The dataset's data files vanish under a valid marker (a crash, not bad input): the job requeues itself once,
+    fails again at the same step, and stops there; status says why."""
+    args = slurm_args(tmp_path, f"run_dir={tmp_path / 'run'}", *TINY, "cluster.max_requeues=3")
+    run_dir = tmp_path / "run"
+    proc = launcher(slurm_cluster, [*args, "stages=[data]"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _wait(lambda: _gone(slurm_cluster, [_job(run_dir, "data")]), "the data job", timeout=300)
+    dataset = Path(
+        _status(run_dir, "data")["summary"].get("path", "")
+        or json.loads((run_dir / "run.json").read_text())["stages"][0]["output"]
+    )
+    arrows = list(dataset.rglob("*.arrow"))
+    assert arrows, dataset
+    for f in arrows:
+        f.unlink()
+    proc = launcher(slurm_cluster, [*args, "stages=[train]"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = _job(run_dir, "train")
+    _wait(lambda: _gone(slurm_cluster, [job]), "the training job to give up", timeout=600)
+    attempts = json.loads((run_dir / "stages" / "train" / "requeue.json").read_text())["attempts"]
+    assert [a["requeued"] for a in attempts] == [True, False], attempts
+    assert "same step" in attempts[-1]["why"]
+    r = launcher(slurm_cluster, ["status", str(run_dir)], tmp_path)
+    assert re.search(r"train\s+failed\s+" + job, r.stdout) and "same step" in r.stdout, r.stdout
