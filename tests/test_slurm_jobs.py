@@ -296,10 +296,7 @@ def test_always_failing_training_stops_after_its_retries(slurm_cluster, tmp_path
     proc = launcher(slurm_cluster, [*args, "stages=[data]"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _wait(lambda: _gone(slurm_cluster, [_job(run_dir, "data")]), "the data job", timeout=300)
-    dataset = Path(
-        _status(run_dir, "data")["summary"].get("path", "")
-        or json.loads((run_dir / "run.json").read_text())["stages"][0]["output"]
-    )
+    dataset = Path(json.loads((run_dir / "run.json").read_text())["stages"][0]["output"])  # the data stage's
     arrows = list(dataset.rglob("*.arrow"))
     assert arrows, dataset
     for f in arrows:
