@@ -21,7 +21,7 @@ Usage:
   python -m launcher -m key=a,b ...          sweep (one run folder per point)
   python -m launcher --cfg job [overrides]   print the composed config and exit
   python -m launcher status [RUN]            stages of a run (RUN = run folder; default: the latest run)
-  python -m launcher cancel RUN              stop a run's running stage (training checkpoints first)
+  python -m launcher cancel RUN              cancel a run's jobs or stop its stage (training checkpoints first)
 
 Examples:
   python -m launcher                                         the embedded default: tiny Llama 3, CPU

@@ -310,3 +310,21 @@ def test_always_failing_training_stops_after_its_retries(slurm_cluster, tmp_path
     assert "same step" in attempts[-1]["why"]
     r = launcher(slurm_cluster, ["status", str(run_dir)], tmp_path)
     assert re.search(r"train\s+failed\s+" + job, r.stdout) and "same step" in r.stdout, r.stdout
+
+
+def test_cancel_checkpoints_training_first_and_says_what_it_cancelled(slurm_cluster, tmp_path, cache):
+    run_dir = tmp_path / "run"
+    args = slurm_args(tmp_path, f"run_dir={run_dir}", f"cluster.cache_dir={cache}", *TINY)
+    proc = launcher(slurm_cluster, args, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train, export = _job(run_dir, "train"), _job(run_dir, "export")
+    _wait(lambda: (run_dir / "checkpoints" / "step_4" / "COMPLETE").exists(), "the first checkpoint")
+    r = launcher(slurm_cluster, ["cancel", str(run_dir)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"export (job {export}, was pending)" in r.stdout and f"train (job {train}, was running)" in r.stdout
+    _wait(lambda: _gone(slurm_cluster, [train, export]), "the run's jobs to end", timeout=120)
+    state = _status(run_dir, "train")
+    assert state["state"] == "stopped" and "stopped by SIGTERM" in _log(run_dir, "train").read_text(), state
+    assert "started" not in _status(run_dir, "export")
+    r = launcher(slurm_cluster, ["status", str(run_dir)], tmp_path)
+    assert re.search(r"export\s+cancelled", r.stdout) and re.search(r"train\s+stopped", r.stdout), r.stdout
