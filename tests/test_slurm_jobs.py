@@ -80,7 +80,6 @@ def uninterrupted(slurm_cluster, tmp_path_factory, cache):
     hf_home = tmp / "hf"
     hf_home.mkdir()
     (hf_home / "token").write_text(SENTINEL)
-    os.environ.pop("SLURM_CONF", None)
     run_dir = tmp / "runs" / "chain"
     args = [*slurm_args(tmp, f"run_dir={run_dir}", *TINY)]
     args[args.index(f"cluster.cache_dir={tmp / 'cache'}")] = f"cluster.cache_dir={cache}"
