@@ -54,6 +54,31 @@ class NeuronConfig:
 
 
 @dataclass(kw_only=True)
+class StageResources:
+    # Slurm --time in minutes (0 = the partition's default).
+    time_min: int = 60
+    # CPUs of the stage's task on each node; 0 = the whole node (--exclusive, every core, --mem=0).
+    cpus: int = 1
+    # GB of host memory per node (0 = Slurm's default share; with cpus=0 the whole node).
+    mem_gb: int = 0
+
+
+@dataclass(kw_only=True)
+class Resources:
+    """Per-stage Slurm resources. compile and train always get cluster.nodes nodes with one task per node."""
+
+    download: StageResources = field(default_factory=lambda: StageResources(time_min=60, cpus=1))
+    # Tokenize and pack: one node, all its cores.
+    data: StageResources = field(default_factory=lambda: StageResources(time_min=240, cpus=0))
+    # HF -> NxD shards: one high-memory node (set mem_gb to ask for a size instead of a whole node).
+    convert: StageResources = field(default_factory=lambda: StageResources(time_min=240, cpus=0))
+    compile: StageResources = field(default_factory=lambda: StageResources(time_min=240, cpus=0))
+    # Timeouts are routine: training checkpoints on the USR2 before the limit and requeues itself.
+    train: StageResources = field(default_factory=lambda: StageResources(time_min=24 * 60, cpus=0))
+    export: StageResources = field(default_factory=lambda: StageResources(time_min=120, cpus=2))
+
+
+@dataclass(kw_only=True)
 class ClusterConfig:
     # The option name (conf/cluster/<name>.yaml); names the default run folder.
     name: str = "local"
@@ -67,19 +92,23 @@ class ClusterConfig:
     # Slurm partition and account ("" = the cluster's defaults).
     partition: str = ""
     account: str = ""
-    # Whole nodes for the job (sbatch --exclusive).
-    exclusive: bool = False
-    # Slurm time limit in minutes (0 = the partition's default).
-    time_limit_min: int = 0
-    # CPUs per Slurm task (0 = Slurm's default).
-    cpus_per_task: int = 0
-    # GB of host memory per node (0 = no --mem; with exclusive, --mem=0: the whole node).
-    mem_gb: int = 0
-    # HyperPod only: `srun --auto-resume=1` restarts the job on a healthy node after a hardware fault.
+    # HyperPod only: `srun --auto-resume=1` on multi-node jobs restarts them on a healthy node after a fault.
     auto_resume: bool = False
-    # Cap on consecutive requeues after preemption or timeout before the training job gives up (wired by the
-    # Slurm executor).
+    # Requeues in a row without progress (no newer checkpoint) before a Slurm job gives up; a failure at the same
+    # training step as the previous failure stops at once. Preemptions and timeouts that made progress reset it.
     max_requeues: int = 3
+    # Slurm sends SIGUSR2 this many seconds before a job's time limit: training checkpoints and requeues itself.
+    signal_delay_s: int = 120
+    # Resources and time limit of each stage's Slurm job (cluster.resources.train.time_min=...).
+    resources: Resources = field(default_factory=lambda: Resources())
+    # The jobs' Python: "" = this checkout's interpreter; else an interpreter path or a venv folder.
+    python: str = ""
+    # Pyxis/Enroot image for every job's srun (`--container-image`), and `--container-mounts` ("" = none).
+    container_image: str = ""
+    container_mounts: str = ""
+    # Extra sbatch options of every job (`["--qos=high", "--hold"]`: one `#SBATCH` line each), and srun options.
+    sbatch_options: list[str] = field(default_factory=list)
+    srun_options: list[str] = field(default_factory=list)
     # Root of run folders (`run_dir` default: <runs_dir>/<model>-<parallel>-<cluster>).
     runs_dir: str = "runs"
     # Shared cache for prepared datasets, tokenizers and downloads; must be visible to every node.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from core.config import ExecutorKind
 from launcher.compose import USER_GROUPS, Composed, ConfigError, compose, options
 
 EXIT_USER_ERROR = 2
@@ -20,7 +21,7 @@ Usage:
   python -m launcher -m key=a,b ...          sweep (one run folder per point)
   python -m launcher --cfg job [overrides]   print the composed config and exit
   python -m launcher status [RUN]            stages of a run (RUN = run folder; default: your latest run)
-  python -m launcher cancel RUN              stop a run's running stage (training checkpoints first)
+  python -m launcher cancel RUN              cancel a run's jobs or stop its stage (training checkpoints first)
 
 Examples:
   python -m launcher                                         the embedded default: tiny Llama 3, CPU
@@ -151,13 +152,26 @@ def run_all(composed: list[Composed], multirun: bool) -> int:
             if plan.refusals and plan.cfg.dry_run:
                 print(plan.render(with_scripts=False))
         return _fail(problems)
+    live = [p for p in plans if not p.cfg.dry_run]
+    if live and live[0].cfg.cluster.executor == ExecutorKind.slurm:
+        from launcher.slurm_executor import preflight
+
+        problems = preflight(live)
+        if problems:
+            return _fail(problems)
     rc = 0
+    executors: dict = {}
     for plan in plans:
         print(plan.render(with_scripts=plan.cfg.dry_run))
         if plan.cfg.dry_run:
             print("\ndry run: nothing was written or submitted.")
             continue
-        rc = rc or _execute(plan)
+        kind = plan.cfg.cluster.executor
+        if kind not in executors:  # one per kind and call: a sweep's points share their data job
+            from launcher.executor import get_executor
+
+            executors[kind] = get_executor(kind)
+        rc = rc or _execute(plan, executors[kind])
     return rc
 
 
@@ -176,9 +190,8 @@ def _point_name(overrides: list[str], keys: list[str]) -> str:
     return re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={kv[k]}" for k in keys if k in kv)) or "point"
 
 
-def _execute(plan) -> int:
-    from launcher.executor import get_executor
-    from launcher.runfolder import create_run_folder, print_summary
+def _execute(plan, executor=None) -> int:
+    from launcher.runfolder import create_run_folder, print_submitted, print_summary
 
     create_run_folder(plan)
     train = next((sp for sp in plan.stages if sp.stage.value == "train" and sp.run), None)
@@ -188,9 +201,15 @@ def _execute(plan) -> int:
         export_runs = any(sp.stage.value == "export" and sp.run for sp in plan.stages)
         for path in restart_training(plan.cfg, plan.run_dir, export_runs=export_runs):
             print(f"[train] force=true: removed {path}", flush=True)
-    rc = get_executor(plan.cfg.cluster.executor).submit(plan)
-    print_summary(plan, rc)
-    return rc
+    handles = executor.submit(plan)
+    if plan.cfg.cluster.executor == ExecutorKind.local:
+        rc = 0
+        for h in handles:  # only a local run is waited on
+            rc = rc or (h.wait() or 0)
+        print_summary(plan, rc)
+        return rc
+    print_submitted(plan, handles)
+    return 0
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ def run_job(run_dir: Path, stage: Stage, cfg: JobConfig | None = None) -> dict[s
             host=socket.gethostname(),
             pid=os.getpid(),
             job_id=os.environ.get("SLURM_JOB_ID", ""),
+            restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
             error=None,
+            exit_code=None,
         )
     fn = entrypoint(stage)
     if stage == Stage.train:
@@ -142,7 +144,7 @@ def main(argv: list[str]) -> int:
         # User-facing errors are ValueErrors with a one-paragraph message: no traceback.
         print(f"\n[{stage.value}] error: {exc}", file=sys.stderr, flush=True)
         if lead:
-            write_status(run_dir, stage, state="failed", ended=now(), error=str(exc))
+            write_status(run_dir, stage, state="failed", ended=now(), error=str(exc), exit_code=EXIT_USER_ERROR)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -159,7 +161,7 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:
         traceback.print_exc()
         if lead:
-            write_status(run_dir, stage, state="failed", ended=now(), error=f"{type(exc).__name__}: {exc}")
+            write_status(run_dir, stage, state="failed", ended=now(), error=f"{type(exc).__name__}: {exc}", exit_code=1)
         return 1
     return 0
 

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.marker import now
 from core.stage_status import status_path, write_status
+from core.stages import Stage
 from launcher.plan import Plan, StagePlan
 
 
@@ -29,12 +31,29 @@ def _tee(proc: subprocess.Popen, log: Path) -> None:
             f.write(chunk)
 
 
+@dataclass
+class LocalRun:
+    """The handle of a local run: the whole chain, run in order by `wait()` (this machine runs one at a time)."""
+
+    plan: Plan
+    stage: Stage
+    job_id: str
+    log: Path
+
+    def wait(self) -> int:
+        return LocalExecutor().run(self.plan)
+
+
 class LocalExecutor:
     def __init__(self) -> None:
         # The signal the launcher itself received (Ctrl-C, SIGTERM): the run stops after the current stage.
         self.signal: int | None = None
 
-    def submit(self, plan: Plan) -> int:
+    def submit(self, plan: Plan) -> list[LocalRun]:
+        first = plan.stages[0].stage if plan.stages else Stage.train
+        return [LocalRun(plan, first, "local", plan.run_dir / "stages")]
+
+    def run(self, plan: Plan) -> int:
         for sp in plan.stages:
             if not sp.run:
                 print(f"[{sp.stage.value}] skipped: {sp.reason.removeprefix('skipped: ')}", flush=True)

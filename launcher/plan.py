@@ -21,9 +21,6 @@ from launcher.compose import Composed
 from launcher.nxd_env import nxd_env
 from train.config import Backend
 
-# Port used by the NxD example scripts for the torchrun rendezvous.
-MASTER_PORT = 44000
-
 
 @dataclass
 class StagePlan:
@@ -99,36 +96,23 @@ class Plan:
 
 
 def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: int) -> list[str]:
-    """What a stage's job runs on each node: the job wrapper, under torchrun when it has several processes."""
+    """What a stage runs: the job wrapper, under torchrun when it has several processes. On Slurm each node's task
+    (launcher/slurm_job.py) fills in its node rank and the rendezvous from the job's environment."""
     # The launcher's own interpreter: the checkout and its venv must be on a file system every node sees.
     wrapper = ["-m", "launcher.job", str(run_dir), stage.value]
     if not SPECS[stage].distributed or procs * nodes <= 1:
         return [sys.executable, *wrapper]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
     if cfg.cluster.executor == ExecutorKind.local:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={procs}",
-            *wrapper,
-        ]
-    # bash -c so that $SLURM_NODEID expands inside each srun task (one per node), not once in the batch script.
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={procs}",
-        f"--nnodes={nodes}",
-        f"--master_port={MASTER_PORT}",
-        *wrapper,
-    ]
+        return [*torchrun, "--standalone", *wrapper]
     return [
-        "bash",
-        "-c",
-        shlex.join(torchrun).replace(
-            f"--nnodes={nodes}", f"--nnodes={nodes} --node_rank=$SLURM_NODEID --master_addr=$MASTER_ADDR"
-        ),
+        *torchrun,
+        f"--nnodes={nodes}",
+        "--node_rank=<SLURM_NODEID>",
+        "--master_addr=<node 0: SLURM_LAUNCH_NODE_IPADDR>",
+        "--master_port=<20000 + job id % 20000>",
+        "--max_restarts=0",
+        *wrapper,
     ]
 
 
@@ -140,47 +124,6 @@ def _resources(cfg: JobConfig, d: Derived, stage: Stage) -> tuple[int, int]:
 
 def _shell(command: list[str]) -> str:
     return shlex.join(command)
-
-
-def _sbatch(
-    cfg: JobConfig,
-    stage: Stage,
-    run_dir: Path,
-    nodes: int,
-    command: list[str],
-    after: list[Stage],
-    env: dict[str, str],
-) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    c = cfg.cluster
-    srun_args = ["--auto-resume=1"] if c.auto_resume and SPECS[stage].distributed else []
-    root = shlex.quote(str(Path(__file__).resolve().parent.parent))
-    setup = [*list(c.setup), f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
-    setup += [f"export {k}={shlex.quote(v)}" for k, v in {**c.env, **env}.items()]
-    if SPECS[stage].distributed and nodes > 1:
-        setup.append("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
-    extra = {"kill-on-invalid-dep": "yes"}
-    if c.mem_gb == 0 and c.exclusive:
-        extra["mem"] = "0"
-    return _make_sbatch_string(
-        command=_shell(command),
-        folder=str(run_dir / "stages" / stage.value / "submitit" / "%j"),
-        job_name=f"{run_dir.name}-{stage.value}",
-        partition=c.partition or None,
-        account=c.account or None,
-        time=c.time_limit_min or 60 * 24 * 6,
-        nodes=nodes,
-        ntasks_per_node=1,
-        cpus_per_task=c.cpus_per_task or None,
-        mem=f"{c.mem_gb}GB" if c.mem_gb else None,
-        exclusive=True if c.exclusive else None,
-        dependency=",".join(f"afterok:${{JOB_ID_{s.value.upper()}}}" for s in after) or None,
-        setup=setup,
-        signal_delay_s=120,
-        additional_parameters=extra,
-        srun_args=srun_args,
-    )
 
 
 def make_plan(composed: Composed, run_dir: Path) -> Plan:
@@ -220,9 +163,6 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
         nodes, procs = _resources(cfg, d, stage)
         command = job_command(cfg, stage, run_dir, procs, nodes)
         env = nxd_env(cfg, str(paths.cache_dir(cfg))) if d.backend == Backend.nxd and spec.distributed else {}
-        sbatch = ""
-        if cfg.cluster.executor == ExecutorKind.slurm:
-            sbatch = _sbatch(cfg, stage, run_dir, nodes, command, after, env)
         out.append(
             StagePlan(
                 stage,
@@ -233,13 +173,19 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
                 nodes,
                 procs,
                 command,
-                sbatch,
+                "",
                 env,
                 _nxd_args(cfg, d, stage, run_dir),
                 refusal,
             )
         )
-    return Plan(composed, d, run_dir, out)
+    plan = Plan(composed, d, run_dir, out)
+    if cfg.cluster.executor == ExecutorKind.slurm:
+        from launcher.slurm_executor import render
+
+        for sp in plan.stages:
+            sp.sbatch = render(plan, sp)
+    return plan
 
 
 def _nxd_args(cfg: JobConfig, d: Derived, stage: Stage, run_dir: Path) -> list[str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from core import publish
@@ -62,11 +66,44 @@ def create_run_folder(plan: Plan) -> None:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "user": user(),
         "executor": plan.cfg.cluster.executor.value,
+        "command": [redact(a) for a in [sys.executable, "-m", "launcher", *sys.argv[1:]]],
+        "cwd": os.getcwd(),
+        "git": _git(),
+        "versions": _versions(),
     }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
     runs_dir = Path(os.path.expanduser(plan.cfg.cluster.runs_dir))
     runs_dir.mkdir(parents=True, exist_ok=True)
     publish.write_text(latest_pointer(runs_dir), str(run_dir.resolve()))
+
+
+SECRET = re.compile(r"(token|secret|password|passwd|api_key|access_key)", re.IGNORECASE)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def redact(arg: str) -> str:
+    """key=value with a secret-looking key -> key=<redacted> (the command line is saved and printed)."""
+    key, sep, _ = arg.partition("=")
+    return f"{key}=<redacted>" if sep and SECRET.search(key) else arg
+
+
+def _git() -> dict:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    names = ("trainium-launcher", "torch", "transformers", "datasets", "tokenizers", "hydra-core", "submitit")
+    out = {"python": sys.version.split()[0]}
+    for n in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[n] = metadata.version(n)
+    return out
 
 
 def print_summary(plan: Plan, rc: int) -> None:
@@ -117,3 +154,16 @@ def _quote(path: Path) -> str:
     import shlex
 
     return shlex.quote(str(path))
+
+
+def print_submitted(plan: Plan, handles: list) -> None:
+    """What a Slurm submission queued: job ids, logs, and how to follow the run. The jobs run on their own."""
+    lines = ["", "Submitted" if handles else "Nothing to submit: every stage is complete."]
+    for h in handles:
+        lines.append(f"  {h.stage.value:<8} job {h.job_id:<10} log: {h.log}")
+    lines += [
+        f"  run folder:   {plan.run_dir}",
+        f"  status:       python -m launcher status {plan.run_dir}",
+        f"  cancel:       python -m launcher cancel {plan.run_dir}",
+    ]
+    print("\n".join(lines), flush=True)

@@ -71,9 +71,12 @@ RANGES: tuple[Range, ...] = (
         fix="set cluster.devices_per_node=0.",
     ),
     _off_or_positive("cluster.device_memory_gb", "the accelerator's", "set cluster.device_memory_gb=0."),
-    _off_or_positive("cluster.time_limit_min", "the partition's default", "set cluster.time_limit_min=0."),
-    _off_or_positive("cluster.cpus_per_task", "Slurm's default", "set cluster.cpus_per_task=0."),
-    _off_or_positive("cluster.mem_gb", "no --mem", "set cluster.mem_gb=0."),
+    *(
+        _off_or_positive(f"cluster.resources.{stage}.{field}", meaning, f"set cluster.resources.{stage}.{field}=0.")
+        for stage in ("download", "data", "convert", "compile", "train", "export")
+        for field, meaning in (("time_min", "the partition's default"), ("cpus", "a whole node"), ("mem_gb", "none"))
+    ),
+    Range("cluster.signal_delay_s", at_least=0, fix="set cluster.signal_delay_s=120."),
     Range("cluster.max_requeues", at_least=0, fix="set cluster.max_requeues=3."),
     _count("trainer.micro_batch_size", 1),
     Range(
@@ -418,7 +421,7 @@ def tokenizer_problems(cfg: JobConfig) -> tuple[list[Problem], bool]:
 
 def stage_problems(composed: Composed, d: Derived, config_ok: bool) -> list[Problem]:
     """The stages asked for: they apply, their inputs exist (checked only for a good config), they can run here."""
-    cfg, c = composed.cfg, composed.cfg.cluster
+    cfg = composed.cfg
     out: list[Problem] = []
     can = applicable(cfg)
     for stage in cfg.stages:
@@ -434,15 +437,6 @@ def stage_problems(composed: Composed, d: Derived, config_ok: bool) -> list[Prob
             )
     if cfg.stages and config_ok and not out:
         out += _missing_inputs(cfg, resolve_run_dir(composed))
-    if c.executor == ExecutorKind.slurm and not cfg.dry_run:
-        out.append(
-            Problem(
-                "cluster.executor",
-                c.executor,
-                "submission to Slurm is not available in this version yet (the plan and the sbatch scripts are).",
-                "add dry_run=true to print the plan and scripts.",
-            )
-        )
     return out
 
 

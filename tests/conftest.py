@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.helpers.slurm_fixtures"]
+
 # The user's real home and launcher cache, as they were before the session fixture moved them.
 REAL_HOME = Path(os.path.expanduser("~"))
 REAL_CACHE = Path(os.environ.get("TRAINIUM_LAUNCHER_CACHE") or REAL_HOME / ".cache" / "trainium-launcher")

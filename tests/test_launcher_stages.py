@@ -119,7 +119,7 @@ def test_cli_run_status_and_rerun(offline):
     assert again.returncode == 0 and "download skip" in again.stdout and "[download] skipped" in again.stdout
     assert "not a run folder" in run_cli(["status", "nowhere"], cwd=offline).stderr
     cancel = run_cli(["cancel", "myrun"], cwd=offline, env=env)
-    assert cancel.returncode == 0 and "no stage is running" in cancel.stdout
+    assert cancel.returncode == 0 and "no stage is queued or running" in cancel.stdout
 
 
 def test_failed_stage_is_recorded_and_stops_the_run(offline):
