@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,19 +63,13 @@ def env(threads: int = 1) -> dict[str, str]:
 
 
 def job_command(run_dir: Path, stage: str = "train", procs: int = 1) -> list[str]:
-    if procs == 1:
-        return [sys.executable, "-m", "launcher.job", str(run_dir), stage]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={procs}",
-        "-m",
-        "launcher.job",
-        str(run_dir),
-        stage,
-    ]
+    """The command the launcher's plan runs for this stage (launcher.plan.job_command), for the config written
+    at run_dir/config.yaml: the tests start exactly what a user's run starts."""
+    from core.stages import Stage
+    from launcher.job import load_config
+    from launcher.plan import job_command as plan_command
+
+    return plan_command(load_config(run_dir), Stage(stage), run_dir, procs, 1)
 
 
 def run_job(run_dir: Path, cfg: JobConfig, procs: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
