@@ -26,6 +26,7 @@ import pytest
 
 from core.stages import Stage
 from launcher.compose import compose
+from tests.helpers.nxd_available import requires_nxd
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED_70B = ["+model=llama3_70b", "parallel=tp32_pp8", "cluster=hyperpod"]
@@ -153,3 +154,13 @@ def test_nxd_config_dict_matches_golden_file(model, overrides):
     assert "sequence parallel off (planned" in text and "kv_size_multiplier=4, fuse_qkv=True" in text
     assert re.search(r"weights convert stage's shards \S+/checkpoints/pretrained_weight", text)
     assert train.nxd_args == [] and not any(s.startswith("--") for s in train.nxd_settings)
+
+
+@pytest.mark.nxd
+@requires_nxd
+def test_config_parameter_names_are_those_of_the_real_neuronx_distributed_config():
+    import inspect
+
+    from neuronx_distributed.trainer import neuronx_distributed_config
+
+    assert set(inspect.signature(neuronx_distributed_config).parameters) == NXD_CONFIG_PARAMETERS
