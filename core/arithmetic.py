@@ -142,7 +142,8 @@ def activation_bytes_per_layer(cfg: JobConfig, tp: int) -> tuple[float, str]:
         return 2 * sbh, "full recomputation: 2sbh per layer"
     if mode == "selective":
         if p.sequence_parallel:
-            return 34 * sbh / tp, "selective recomputation + SP: 34sbh/tp per layer"
+            # parallel.sequence_parallel as configured; the nxd backend does not wire it into the forward yet.
+            return 34 * sbh / tp, "selective recomputation + SP (assumed; not wired yet): 34sbh/tp per layer"
         return sbh * (10 + 24 / tp), "selective recomputation: sbh(10 + 24/tp) per layer"
     return sbh * (10 + 24 / tp + 5 * a * s / (h * tp)), "no recomputation: sbh(10 + 24/tp + 5as/(h tp)) per layer"
 

@@ -45,10 +45,12 @@ class NeuronConfig:
     fuse_softmax: bool = True
     # FI_PROVIDER=efa, FI_EFA_USE_DEVICE_RDMA=1, FI_EFA_FORK_SAFE=1 (EFA between trn1 nodes).
     efa: bool = True
-    # torchrun rendezvous port on the first node; reserved (sysctl net.ipv4.ip_local_reserved_ports) when
-    # reserve_port is on and the job may use sudo, as NxD's scripts do.
+    # torchrun rendezvous port on the first node (NxD's scripts: 44000).
     master_port: int = 44000
-    reserve_port: bool = False
+    # Before torchrun, each node adds master_port to net.ipv4.ip_local_reserved_ports (as NxD's scripts do, so that
+    # no outgoing connection takes it first): with passwordless sudo (`sudo -n`), skipped when already reserved;
+    # without sudo it warns and the job goes on (launcher/nxd_env.py:reserve_port_command). false: no sysctl.
+    reserve_port: bool = True
     # Extra variables (win over the above).
     env: dict[str, str] = field(default_factory=dict)
 

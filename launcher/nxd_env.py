@@ -4,7 +4,8 @@ rendezvous from the allocation, and the example's environment, every value from 
 example's values). The compile stage runs the same command under `neuron_parallel_compile`.
 
 Plain functions for the Slurm submission path (launcher/plan.py and launcher/executor.py call them); nothing here
-submits. Not copied from the example: its TensorBoard wipe, its fixed weight decay, its unconditional sudo.
+submits. Not copied from the example: its TensorBoard wipe, its fixed weight decay, its fixed port reserved with sudo
+(`reserve_port_command`: the configured port, added to the node's list, sudo that never prompts).
 """
 
 from __future__ import annotations
@@ -52,13 +53,32 @@ def nxd_env(cfg: JobConfig, cache_dir: str | None = None) -> dict[str, str]:
     return env
 
 
+RESERVED_PORTS = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+
+
+def reserve_port_command(port: int) -> str:
+    """Bash that keeps the rendezvous port out of the kernel's ephemeral range, as NxD's scripts do (`sysctl -w
+    net.ipv4.ip_local_reserved_ports=44000` before torchrun), without their faults: the port is the configured one,
+    it is added to the node's reserved list instead of replacing it, it is skipped when already reserved, and
+    sudo never prompts (`-n`): a node without passwordless sudo prints a warning and the job goes on (the port is
+    then only unlikely, not certain, to be free)."""
+    return (
+        f"reserved=$(cat {RESERVED_PORTS} 2>/dev/null || true)\n"
+        f"if ! tr , '\\n' <<<\"$reserved\" | grep -qx {port}; then\n"
+        f'    sudo -n sysctl -q -w net.ipv4.ip_local_reserved_ports="${{reserved:+$reserved,}}{port}" || echo '
+        f'"warning: could not reserve port {port} (needs passwordless sudo); cluster.neuron.reserve_port=false '
+        f'silences this" >&2\n'
+        "fi"
+    )
+
+
 def node_command(cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python") -> str:
     """The bash of one Slurm task per node (`srun --ntasks-per-node=1 bash -c '<this>'`)."""
     d, n = derive(cfg), cfg.cluster.neuron
     lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg).items()]
     lines.append('MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
     if n.reserve_port:
-        lines.append(f"sudo sysctl -w net.ipv4.ip_local_reserved_ports={n.master_port}")
+        lines.append(reserve_port_command(n.master_port))
     torchrun = [
         python,
         "-m",

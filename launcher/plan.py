@@ -19,6 +19,7 @@ from core.stages import SPECS, Stage, selected
 from launcher import reuse
 from launcher.compose import Composed
 from launcher.nxd_env import nxd_env
+from model.config import Init
 from train.config import Backend
 
 
@@ -34,8 +35,10 @@ class StagePlan:
     command: list[str]
     sbatch: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    # NxD's own flags for this stage (converter / trainer), from launcher/nxd_args.py; empty on the torch backend.
+    # The convert stage's converter flags (core/nxd_args.py:convert_args); empty elsewhere.
     nxd_args: list[str] = field(default_factory=list)
+    # nxd compile/train: what the nxd backend does with this config (core/nxd_args.py:backend_settings).
+    nxd_settings: list[str] = field(default_factory=list)
     # Why this stage must not run as configured (one paragraph with the fix); the plan is then refused.
     refusal: str = ""
 
@@ -88,6 +91,8 @@ class Plan:
             lines.append(f"       command: {_shell(sp.command)}")
             if sp.nxd_args:
                 lines.append(f"       nxd:     {_shell(sp.nxd_args)}")
+            if sp.nxd_settings:
+                lines.append(f"       nxd:     {'; '.join(sp.nxd_settings)}")
         if with_scripts:
             for sp in self.stages:
                 if sp.sbatch and sp.run:
@@ -175,7 +180,8 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
                 command,
                 "",
                 env,
-                _nxd_args(cfg, d, stage, run_dir),
+                _nxd_args(cfg, stage, run_dir),
+                _nxd_settings(cfg, d, stage, run_dir),
                 refusal,
             )
         )
@@ -188,12 +194,23 @@ def make_plan(composed: Composed, run_dir: Path) -> Plan:
     return plan
 
 
-def _nxd_args(cfg: JobConfig, d: Derived, stage: Stage, run_dir: Path) -> list[str]:
+def _nxd_args(cfg: JobConfig, stage: Stage, run_dir: Path) -> list[str]:
     if stage == Stage.convert:
         return nxd_args.convert_args(cfg, paths.pretrained_dir(cfg), paths.final_dir(stage, cfg, run_dir))
-    if stage in (Stage.compile, Stage.train) and d.backend == Backend.nxd:
-        return nxd_args.train_args(cfg, paths.final_dir(Stage.train, cfg, run_dir))
     return []
+
+
+def _nxd_settings(cfg: JobConfig, d: Derived, stage: Stage, run_dir: Path) -> list[str]:
+    if stage not in (Stage.compile, Stage.train) or d.backend != Backend.nxd:
+        return []
+    converted = paths.final_dir(Stage.convert, cfg, run_dir) if cfg.model.init == Init.pretrained else None
+    settings = nxd_args.backend_settings(cfg, paths.final_dir(Stage.train, cfg, run_dir), converted)
+    if stage == Stage.compile:
+        from train.stage_compile import COMPILE_STEPS, compile_cache
+
+        # the same graphs as training (same settings), a few steps, nothing kept but the compile cache
+        settings[-1] = f"{COMPILE_STEPS} steps, no checkpoints, graphs into {compile_cache(cfg)}"
+    return settings
 
 
 def plan_json(plan: Plan) -> dict:
@@ -213,6 +230,7 @@ def plan_json(plan: Plan) -> dict:
                 "processes_per_node": s.processes_per_node,
                 "command": s.command,
                 "nxd_args": s.nxd_args,
+                "nxd_settings": s.nxd_settings,
             }
             for s in plan.stages
         ],

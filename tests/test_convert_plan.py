@@ -38,22 +38,25 @@ def _agree(plan) -> None:
     assert by[Stage.convert].output == by[Stage.train].output / "pretrained_weight"
     if Stage.download in by:
         assert by[Stage.download].output == pretrained_dir(cfg)  # convert reads what download wrote
-    # The flags the plan prints: the converter's (parsed by its own parser) and NxD's trainer's agree on every
-    # layout field and on where the converted weights are.
+    # The converter's flags the plan prints (parsed by its own parser) and what the nxd backend builds agree on every
+    # layout field, and the backend loads the converted weights from where convert writes them.
     from checkpoint.convert import parser
+    from train.backend_nxd import nxd_config_dict
+    from train.stage_train import train_job
 
     conv = parser().parse_args(by[Stage.convert].nxd_args)
-    train = by[Stage.train].nxd_args
-    flags = dict(zip(train[::2], train[1::2]))
-    assert (conv.tp_size, conv.pp_size, conv.kv_size_multiplier) == (
-        int(flags["--tensor_parallel_size"]),
-        int(flags["--pipeline_parallel_size"]),
-        int(flags["--kv_replicator"]),
+    job = train_job(cfg, plan.run_dir)
+    nc = nxd_config_dict(job)
+    assert (conv.tp_size, conv.pp_size) == (nc["tensor_parallel_size"], nc["pipeline_parallel_size"])
+    assert (conv.kv_size_multiplier, conv.qkv_linear, conv.fuse_qkv) == (
+        job.parallel.kv_size_multiplier,
+        job.parallel.qkv_linear,
+        job.parallel.fuse_qkv,
     )
-    assert (int(conv.qkv_linear), int(conv.fuse_qkv)) == (int(flags["--qkv_linear"]), int(flags["--fuse_qkv"]))
-    assert flags["--pretrained_weight"] == "1" and conv.save_xser and flags["--save_load_xser"] == "1"
-    assert conv.output_dir == Path(flags["--checkpoint_dir"]) / "pretrained_weight" == by[Stage.convert].output
-    assert by[Stage.compile].nxd_args == train
+    assert conv.save_xser and conv.output_dir == job.converted_dir == by[Stage.convert].output
+    settings = "; ".join(by[Stage.train].nxd_settings)
+    assert f"weights convert stage's shards {by[Stage.convert].output}" in settings
+    assert by[Stage.compile].nxd_settings[:-1] == by[Stage.train].nxd_settings[:-1]  # + its few steps, no checkpoints
     p, lo = cfg.parallel, layout_from_cfg(cfg)
     assert (lo.tp, lo.pp, lo.kv_size_multiplier, lo.qkv_linear, lo.fuse_qkv) == (
         p.tensor_parallel_degree,

@@ -129,6 +129,6 @@ def test_per_node_launch_of_the_seed_job():
         "--cache_dir=/fsx/trainium-launcher/cache/neuron-compile-cache",
     ):
         assert part in cmd, part
-    assert "sudo" not in cmd  # opt-in: cluster.neuron.reserve_port=true
+    assert "sudo -n sysctl" in cmd  # the rendezvous port reserved (tests/test_nxd_golden.py pins the whole command)
     comp = node_command(compose([*SEED_70B, "cluster.neuron.malloc_arena_max=32"]).cfg, "/fsx/run", Stage.compile)
     assert "exec neuron_parallel_compile python -m torch.distributed.run" in comp and "MALLOC_ARENA_MAX=32" in comp

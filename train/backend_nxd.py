@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import steps
-from core.arithmetic import nxd_meta_device_init
 from core.config import Accelerator
+from core.nxd_args import nxd_config
 from model.config import Init
 from train.backend import StepResult
 from train.config import Precision
@@ -61,44 +61,9 @@ def import_nxd() -> Any:
 
 
 def nxd_config_dict(job: TrainJob) -> dict[str, Any]:
-    """The keyword arguments of `neuronx_distributed_config` for this config (plain data: the plan and the golden
-    tests read it without NxD). `pipeline_config` lacks the model-specific entries the backend adds
-    (transformer_layer_cls, param_init_fn)."""
-    p, t, o, d = job.parallel, job.trainer, job.optim, job.derived
-    bf16 = Precision(t.precision) == Precision.bf16
-    master = bool(p.zero1 and bf16)
-    out: dict[str, Any] = {
-        "tensor_parallel_size": d.tensor_parallel,
-        "pipeline_parallel_size": d.pipeline_parallel,
-        "optimizer_config": {
-            "zero_one_enabled": bool(p.zero1),
-            "grad_clipping": True,
-            # optim.grad_clip=0 turns clipping off; the norm is still computed (and logged).
-            "max_grad_norm": o.grad_clip if o.grad_clip > 0 else float("inf"),
-        },
-        # Planned: the model's forward does not scatter activations over the sequence yet, so parallel.
-        # sequence_parallel is not passed on (NxD's layers would expect [S/tp, B, H] inputs).
-        "sequence_parallel": False,
-        "activation_checkpoint_config": {"none": None, "full": "full"}.get(p.activation_checkpointing, "selective"),
-        "model_init_config": {"sequential_move_factor": 11, "meta_device_init": nxd_meta_device_init(job.model)},
-        "mixed_precision_config": {
-            "use_master_weights": master,
-            "use_fp32_grad_acc": master,
-            "use_master_weights_in_ckpt": False,
-        },
-    }
-    if d.pipeline_parallel > 1:
-        out["pipeline_config"] = {
-            "num_microbatches": d.micro_batches,
-            "output_loss_value_spec": True,
-            "input_names": ["input_ids", "labels"],
-            "auto_partition": True,
-            "tracer_cls": "torch",
-            "use_zero1_optimizer": bool(p.zero1),
-            "deallocate_pipeline_outputs": True,
-            "return_loss_on_cpu": False,
-        }
-    return out
+    """The keyword arguments of `neuronx_distributed_config` for this job (core/nxd_args.py:nxd_config, which the
+    plan prints from too)."""
+    return nxd_config(job.model, job.parallel, job.trainer, job.optim, job.derived)
 
 
 class NxDBackend:
