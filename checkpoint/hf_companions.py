@@ -85,8 +85,9 @@ def tokenizer_special_ids(folder: Path) -> dict[str, int | None]:
         if isinstance(tok, dict) and isinstance(tok.get("content"), str) and isinstance(tok.get("id"), int):
             ids[tok["content"]] = tok["id"]
     for key, tok in (conf.get("added_tokens_decoder") or {}).items():
-        if _content(tok) is not None and str(key).isdigit():
-            ids.setdefault(_content(tok), int(key))
+        content = _content(tok)
+        if content is not None and str(key).isdigit():
+            ids.setdefault(content, int(key))
     out: dict[str, int | None] = {}
     for name in ("bos", "eos"):
         text = _content(conf.get(f"{name}_token")) or _content(special.get(f"{name}_token"))

@@ -78,16 +78,17 @@ def record_inputs(folder: Path, stage: Stage, cfg: JobConfig, *, at_step: int | 
     from core.fingerprint import data_inputs_of
 
     old = recorded_inputs(folder)
-    new = {
+    history: list[Any] = list((old or {}).get("history", []))
+    new: dict[str, Any] = {
         "stage": stage.value,
         "fingerprint": fingerprint(stage, cfg),
         "inputs": fingerprint_inputs(stage, cfg),
         "data_inputs": data_inputs_of(cfg),
-        "history": list((old or {}).get("history", [])),
+        "history": history,
         "recorded_at": now(),
     }
     if old is not None and old.get("fingerprint") != new["fingerprint"]:
-        new["history"].append(
+        history.append(
             {
                 "fingerprint": old.get("fingerprint"),
                 "inputs": old.get("inputs"),

@@ -5,6 +5,7 @@ read them back from the run folder (launcher/status.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +25,7 @@ class JobHandle(Protocol):
 
 
 class Executor(Protocol):
-    def submit(self, plan: Plan) -> list[JobHandle]:
+    def submit(self, plan: Plan) -> Sequence[JobHandle]:
         """Start (or queue) the plan's stages that must run; returns their handles without waiting."""
         ...
 

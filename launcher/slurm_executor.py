@@ -336,7 +336,7 @@ def _minutes(slurm_time: str) -> float | None:
         m = parts[0]
     else:
         parts = [0] * (3 - len(parts)) + parts
-        m = parts[0] * 60 + parts[1] + parts[2] / 60
+        m = parts[0] * 60 + parts[1] + parts[2] // 60
     return m + int(days or 0) * 24 * 60
 
 

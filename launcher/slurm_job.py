@@ -97,7 +97,7 @@ def decide(history: list[dict], outcome: str, step: int, max_requeues: int, stag
     than train never show progress, so for them it counts every retry)."""
     prev = history[-1] if history else None
     progressed = prev is None or step > prev["step"]
-    streak = 0 if progressed else prev.get("streak", 0) + 1
+    streak = 0 if progressed or prev is None else prev.get("streak", 0) + 1
     if outcome == "failed" and stage == "train" and prev and prev["outcome"] == "failed" and not progressed:
         return False, f"failed again at the same step (checkpoint step {step}): no progress, not requeued", streak
     if streak >= max_requeues:

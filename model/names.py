@@ -45,7 +45,7 @@ _LAYER = re.compile(r"\.(\d+)\.")
 
 def table(src: int, dst: int) -> dict[str, str | None]:
     """Pattern map from one side to another, over the rows the source side has (None: no counterpart)."""
-    return {row[src]: row[dst] for row in PARAMS if row[src] is not None}
+    return {key: row[dst] for row in PARAMS if (key := row[src]) is not None}
 
 
 def nxd_leaf(ours_pattern: str) -> str:

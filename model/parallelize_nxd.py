@@ -22,7 +22,7 @@ from torch import nn
 
 from model import names
 from model.config import ModelConfig
-from model.llama3 import IGNORE, Llama3, RMSNorm, rope_inv_freq
+from model.llama3 import IGNORE, Llama3, RMSNorm, TransformerBlock, rope_inv_freq
 from model.nxd_plan import Llama3Arch, NxDPlan
 from model.nxd_plan import plan as make_plan
 
@@ -58,6 +58,7 @@ class Rotary(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def forward(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +158,7 @@ def build(
             continue
         _set(model, _ours(mp.name), _layer(mp, dtype, device))
     for block in model.layers.values():
+        assert isinstance(block, TransformerBlock)
         if block.attention.qkv is not None:
             del block.attention.wq, block.attention.wk, block.attention.wv
         if block.feed_forward.gate_up is not None:

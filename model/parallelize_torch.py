@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import Replicate
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from model import rules
@@ -49,7 +49,7 @@ def check_tp(cfg: ModelConfig, tp: int) -> None:
 
 def apply_tp(model: Llama3, tp_mesh: DeviceMesh) -> None:
     check_tp(model.cfg, tp_mesh.size())
-    top: dict[str, ColwiseParallel | RowwiseParallel] = {}
+    top: dict[str, ParallelStyle] = {}
     if model.tok_embeddings is not None:
         # Vocabulary-parallel embedding: each rank looks up its rows, an all-reduce sums the partial results.
         top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
@@ -58,7 +58,7 @@ def apply_tp(model: Llama3, tp_mesh: DeviceMesh) -> None:
         top["output"] = ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
     parallelize_module(model, tp_mesh, top)
     if model.tok_embeddings is not None:
-        _keep_grad_layout(model.tok_embeddings.weight)
+        _keep_grad_layout(model.tok_embeddings.weight)  # type: ignore[arg-type]  # a DTensor parameter
     for block in model.layers.values():
         parallelize_module(
             block,
@@ -81,7 +81,8 @@ def _keep_grad_layout(param: nn.Parameter) -> None:
     re-shards gradients itself; DDP's TP transform converts them back to the local shard."""
 
     def hook(grad):
-        return grad if grad.placements == param.placements else grad.redistribute(placements=param.placements)
+        placements = param.placements  # type: ignore[attr-defined]  # a DTensor parameter
+        return grad if grad.placements == placements else grad.redistribute(placements=placements)
 
     param.register_hook(hook)
 

@@ -145,7 +145,7 @@ class TorchBackend:
         from checkpoint.model_keys import model_key
 
         # Keyed by the model's own names (no DDP `module.` prefix): checkpoints and export read them as such.
-        out = {model_key(k): v for k, v in self.model.named_parameters()}
+        out: dict[str, torch.Tensor] = {model_key(k): v for k, v in self.model.named_parameters()}
         non_persistent = {
             model_key(f"{m}.{b}" if m else b)
             for m, mod in self.model.named_modules()
@@ -158,7 +158,7 @@ class TorchBackend:
         """For the global grad norm: each plain-tensor parameter with 1 / (ranks holding the same values).
         DTensor gradients carry their own placements (which can differ from the parameter's: the TP embedding's
         gradient is replicated), so they are weighed per step in `_grad_sq_norm`."""
-        out = []
+        out: list[tuple[torch.Tensor, float]] = []
         for name, p in self._named.items():
             if not isinstance(p, nn.Parameter):
                 continue
@@ -177,11 +177,12 @@ class TorchBackend:
         return loss_fn(logits, ids)
 
     def _sync_grads(self, enabled: bool):
-        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
-            self.model.set_requires_gradient_sync(enabled)
+        model: Any = self.model  # FSDP2 and DDP add these methods to the module
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+            model.set_requires_gradient_sync(enabled)
             return nullcontext()
-        if not enabled and hasattr(self.model, "no_sync"):  # DDP
-            return self.model.no_sync()
+        if not enabled and hasattr(model, "no_sync"):  # DDP
+            return model.no_sync()
         return nullcontext()
 
     def train_step(self, micro_batches: list[torch.Tensor], stop_requested: bool) -> StepResult:

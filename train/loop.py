@@ -68,7 +68,7 @@ def _train(
         if t.resume_changed:  # continuing with changed settings: the config's, not the checkpoint's
             from train.optim import apply_settings
 
-            apply_settings(backend.optimizer, backend.scheduler, job.optim)  # type: ignore[attr-defined]
+            apply_settings(backend.optimizer, backend.scheduler, job.optim)  # type: ignore[attr-defined,arg-type]
     log = MetricLogger(job.tensorboard_dir, enabled=lead, resume_step=step, max_steps=t.max_steps)
     log.info(
         f"resumed from {resume} (step {step}, {consumed:,} samples consumed)"
@@ -196,7 +196,7 @@ def _train(
 
 def _lr_of(backend: TrainBackend) -> float:
     """The rate the next optimizer step uses (read before the step: the scheduler moves on after it)."""
-    return backend.scheduler.get_last_lr()[0]
+    return float(backend.scheduler.get_last_lr()[0])
 
 
 def _save(
