@@ -106,13 +106,36 @@ def _versions() -> dict:
     return out
 
 
-def print_summary(plan: Plan, rc: int) -> None:
-    def num(value, spec: str = ".3f") -> str | None:
-        # Summaries come from status files: any field can be missing, None, NaN or of another type.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            return None
-        return format(value, spec)
+def _num(value, spec: str = ".3f") -> str | None:
+    # Summaries come from status files and markers: any field can be missing, None, NaN or of another type.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return format(value, spec)
 
+
+def train_summary_text(summ: dict) -> str:
+    """One line of a training summary: losses, validation losses, tokens/s, where it resumed ("" if empty)."""
+    num = _num
+    parts = []
+    first, last, steps = num(summ.get("loss_first")), num(summ.get("loss_last")), summ.get("steps")
+    if first and last:
+        parts.append(f"loss {first} -> {last} over {steps} steps")
+    elif isinstance(steps, int):
+        step, max_steps = summ.get("step"), summ.get("max_steps")
+        at = f" (at step {step} of {max_steps})" if step is not None and max_steps is not None else ""
+        parts.append(f"{steps} steps this run{at}")
+    v0, v1 = num(summ.get("val_loss_initial")), num(summ.get("val_loss"))
+    if v1:
+        parts.append(f"validation loss {v0} -> {v1}" if v0 else f"validation loss {v1}")
+    tps = num(summ.get("tokens_per_s"), ",.0f")
+    if tps:
+        parts.append(f"{tps} tokens/s")
+    if summ.get("resumed_from"):
+        parts.append(f"resumed from {summ['resumed_from']}")
+    return ", ".join(parts)
+
+
+def print_summary(plan: Plan, rc: int) -> None:
     lines = ["", "Summary" + ("" if rc == 0 else f" (stopped: exit code {rc})")]
     planned = {sp.stage.value for sp in plan.stages}
     for sp in plan.stages:
@@ -122,24 +145,9 @@ def print_summary(plan: Plan, rc: int) -> None:
         summ = s.get("summary") or {}
         if sp.stage.value != "train" or not isinstance(summ, dict) or not summ:
             continue
-        parts = []
-        first, last, steps = num(summ.get("loss_first")), num(summ.get("loss_last")), summ.get("steps")
-        if first and last:
-            parts.append(f"loss {first} -> {last} over {steps} steps")
-        elif isinstance(steps, int):
-            step, max_steps = summ.get("step"), summ.get("max_steps")
-            at = f" (at step {step} of {max_steps})" if step is not None and max_steps is not None else ""
-            parts.append(f"{steps} steps this run{at}")
-        v0, v1 = num(summ.get("val_loss_initial")), num(summ.get("val_loss"))
-        if v1:
-            parts.append(f"validation loss {v0} -> {v1}" if v0 else f"validation loss {v1}")
-        tps = num(summ.get("tokens_per_s"), ",.0f")
-        if tps:
-            parts.append(f"{tps} tokens/s")
-        if summ.get("resumed_from"):
-            parts.append(f"resumed from {summ['resumed_from']}")
-        if parts:
-            lines.append("           " + ", ".join(parts))
+        text = train_summary_text(summ)
+        if text:
+            lines.append("           " + text)
     lines.append(f"  run folder:   {plan.run_dir}")
     if "train" in planned:
         lines.append(f"  checkpoints:  {plan.run_dir / 'checkpoints'}")

@@ -21,7 +21,7 @@ from launcher.runfolder import latest_run, read_status
 
 EXIT_USER_ERROR = 2
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "RESIZING"}
-STEP_RE = re.compile(r"\[train\] step\s+(\d+)/\d+ \| loss ([\d.naninf]+)")
+STEP_RE = re.compile(r"\[train\] step\s+(\d+)/(\d+) \| loss ([\d.naninf]+)")
 
 
 def _alive(pgid: int) -> bool:
@@ -118,7 +118,10 @@ def _train_progress(log: Path) -> tuple[str, str]:
     except OSError:
         return "", ""
     found = STEP_RE.findall(text)
-    return found[-1] if found else ("", "")
+    if not found:
+        return "", ""
+    step, of, loss = found[-1]
+    return f"{step} of {of}", loss
 
 
 def _tail(log: Path, n: int = 3) -> list[str]:
@@ -127,6 +130,26 @@ def _tail(log: Path, n: int = 3) -> list[str]:
     except OSError:
         return []
     return lines[-n:]
+
+
+def _output_state(run_dir: Path, stage: str) -> tuple[str, dict]:
+    """What the stage's output on disk is for the run's config: complete (with the marker's summary), stale (made
+    from another config: the next run rebuilds it), or nothing known."""
+    from core.marker import is_complete, read_marker
+    from core.paths import final_dir
+    from core.stages import Stage
+    from launcher.job import load_config
+
+    try:
+        cfg = load_config(run_dir)
+        st = Stage(stage)
+        done, _ = is_complete(st, cfg, run_dir)
+        marker = read_marker(final_dir(st, cfg, run_dir))
+    except Exception:  # an unreadable config.yaml: fall back to the status file alone
+        return "", {}
+    if done:
+        return "complete", (marker or {}).get("summary") or {}
+    return ("stale", {}) if marker else ("", {})
 
 
 def stage_rows(run_dir: Path) -> tuple[list[dict], str]:
@@ -142,6 +165,14 @@ def stage_rows(run_dir: Path) -> tuple[list[dict], str]:
         note = s.get("error") or ""
         if state == "running" and s.get("pgid") and not _alive(int(s["pgid"])):
             state = "died"  # killed (e.g. kill -9) or crashed before it could record an outcome
+        summary = s.get("summary") or {}
+        if state in ("skipped", "completed", "stopped", "pending"):
+            # The outputs, not the last invocation: a stage skipped by a rerun is complete, with its summary.
+            out_state, out_summary = _output_state(run_dir, stage)
+            if out_state == "complete":
+                state, summary = "complete", out_summary or summary
+            elif out_state == "stale" and state != "stopped":
+                state, note = "stale", note or "its output was made from another config; the next run rebuilds it"
         slurm_state = v.get("state", "")
         if slurm_state in ACTIVE:
             state = slurm_state.lower()
@@ -182,7 +213,7 @@ def stage_rows(run_dir: Path) -> tuple[list[dict], str]:
                 "loss": loss,
                 "checkpoint": _latest_checkpoint(run_dir) if stage == "train" else "",
                 "tail": _tail(log),
-                "summary": s.get("summary") or {},
+                "summary": summary,
             }
         )
     return rows, source
@@ -212,8 +243,14 @@ def show(run_dir: Path) -> None:
         )
         if r["error"]:
             print(f"           why: {r['error']}")
-        if r["step"]:
-            print(f"           last step {r['step']}, loss {r['loss']}")
+        if r["stage"] == "train" and r["state"] == "complete" and isinstance(r["summary"], dict):
+            from launcher.runfolder import train_summary_text
+
+            text = train_summary_text(r["summary"])
+            if text:
+                print(f"           {text}")
+        elif r["step"]:
+            print(f"           {'at' if r['state'] == 'running' else 'last'} step {r['step']}, loss {r['loss']}")
         if r["checkpoint"]:
             print(f"           latest checkpoint: {r['checkpoint']}")
         if r["log"]:

@@ -114,9 +114,18 @@ def test_cli_run_status_and_rerun(offline):
     ):
         assert (offline / "myrun" / name).is_file(), name
     status = run_cli(["status"], cwd=offline, env=env)  # bare status = the latest run
-    assert status.returncode == 0 and "download completed" in " ".join(status.stdout.split())
+    assert status.returncode == 0 and "download complete" in " ".join(status.stdout.split())
     again = run_cli(args, cwd=offline, env=env)
     assert again.returncode == 0 and "download skip" in again.stdout and "[download] skipped" in again.stdout
+    # Status shows the outputs, not the last invocation: the rerun skipped the stage, whose output is complete.
+    status = run_cli(["status", "myrun"], cwd=offline, env=env)
+    assert "download complete" in " ".join(status.stdout.split()) and "skipped" not in status.stdout
+    # The output of another config is stale: the next run rebuilds it.
+    (offline / "myrun" / "config.yaml").write_text(
+        (offline / "myrun" / "config.yaml").read_text().replace("tokenizer: sample", "tokenizer: other/tok")
+    )
+    stale = run_cli(["status", "myrun"], cwd=offline, env=env)
+    assert "download stale" in " ".join(stale.stdout.split()) and "next run rebuilds it" in stale.stdout
     assert "not a run folder" in run_cli(["status", "nowhere"], cwd=offline).stderr
     cancel = run_cli(["cancel", "myrun"], cwd=offline, env=env)
     assert cancel.returncode == 0 and "no stage is queued or running" in cancel.stdout

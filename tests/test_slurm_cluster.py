@@ -13,22 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import wait_for
 from tests.helpers.slurm_cluster import SlurmCluster
 
 # Idempotent once conftest.py loads the plugin too.
 pytest_plugins = ["tests.helpers.slurm_fixtures"]
 pytestmark = pytest.mark.slurm
-
-
-def _wait_for(predicate, what: str, timeout: float = 30, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _read(path: Path) -> str:
@@ -76,7 +66,7 @@ def test_two_node_batch_job_one_task_per_node_and_sacct(slurm_cluster, tmp_path)
         ok = rows.get(job, [None, None, None, None])[1:] == ["COMPLETED", "0:0", "n[1-2]"]
         return rows if ok and rows.get(f"{job}.0", [None, None])[1] == "COMPLETED" else None
 
-    rows = _wait_for(completed, "sacct COMPLETED", timeout=30)
+    rows = wait_for(completed, "sacct COMPLETED", timeout=30)
     assert rows[job][0] == "job.sh" and rows[f"{job}.batch"][1:3] == ["COMPLETED", "0:0"]
 
 
@@ -108,9 +98,9 @@ def test_afterok_on_failed_job_never_runs(slurm_cluster, tmp_path):
     assert c.wait_job(parent, {"FAILED"})["ExitCode"] == "3:0"
     info = c.wait_job(killed, {"CANCELLED"}, timeout=30)
     assert info["Reason"] == "DependencyNeverSatisfied" and info["Dependency"] == f"afterok:{parent}(failed)"
-    info = _wait_for(lambda: (i := c.job(kept)).get("Reason") == "DependencyNeverSatisfied" and i, "reason")
+    info = wait_for(lambda: (i := c.job(kept)).get("Reason") == "DependencyNeverSatisfied" and i, "reason")
     assert info["JobState"] == "PENDING"
-    assert _wait_for(lambda: _sacct(c, killed).get(killed, [None, None])[1] == "CANCELLED", "sacct CANCELLED")
+    assert wait_for(lambda: _sacct(c, killed).get(killed, [None, None])[1] == "CANCELLED", "sacct CANCELLED")
     assert _sacct(c, parent)[parent][1:3] == ["FAILED", "3:0"]
     c.run(["scancel", kept])
     c.wait_job(kept, {"CANCELLED"})
@@ -124,11 +114,11 @@ def test_scontrol_requeue_of_running_job(slurm_cluster, tmp_path):
         "-N2", "--open-mode=append", "-o", str(out),
         "--wrap", 'echo "start restart=${SLURM_RESTART_COUNT:-0}"; srun sleep 60',
     )  # fmt: skip
-    _wait_for(lambda: "restart=0" in _read(out), "first start")
+    wait_for(lambda: "restart=0" in _read(out), "first start")
     t0 = time.monotonic()
     r = c.run(["scontrol", "requeue", job])
     assert r.returncode == 0, r.stderr
-    _wait_for(lambda: "restart=1" in _read(out), "the rerun", timeout=40)
+    wait_for(lambda: "restart=1" in _read(out), "the rerun", timeout=40)
     requeue_s = time.monotonic() - t0
     info = c.job(job)
     assert info["JobState"] == "RUNNING" and info["Restarts"] == "1", info
@@ -142,7 +132,7 @@ def test_scontrol_requeue_of_running_job(slurm_cluster, tmp_path):
         rows = r.stdout.splitlines()
         return rows if rows == [f"{job}|REQUEUED", f"{job}|CANCELLED by 0"] else None
 
-    assert _wait_for(both_runs, "sacct --duplicates: REQUEUED, then CANCELLED")
+    assert wait_for(both_runs, "sacct --duplicates: REQUEUED, then CANCELLED")
     print(f"requeue -> rerun in {requeue_s:.1f} s (cred_expire=5)")
 
 
@@ -165,7 +155,7 @@ def test_scancel_signal_usr2_delivery(slurm_cluster, tmp_path, flag, batch_gets,
     script.write_text(SIGNAL_SCRIPT)
     out = tmp_path / "out.txt"
     job = c.sbatch("-N2", "--ntasks-per-node=1", "-o", str(out), str(script))
-    _wait_for(lambda: _read(out).count("ready") == 3, "batch and both tasks ready")
+    wait_for(lambda: _read(out).count("ready") == 3, "batch and both tasks ready")
     time.sleep(0.3)  # srun sets up its own signal forwarding right after launch
     r = c.run(["scancel", *([flag] if flag else []), "--signal=USR2", job])
     assert r.returncode == 0, r.stderr
@@ -187,7 +177,7 @@ def test_stop_ends_daemons_and_job_processes(tmp_path):
     try:
         job = c.sbatch("-N2", "-o", "/dev/null", "--wrap", "srun sleep 300")
         c.wait_job(job, {"RUNNING"})
-        _wait_for(lambda: len(_cluster_pids(c, comm="sleep")) == 2, "a sleep on each node")
+        wait_for(lambda: len(_cluster_pids(c, comm="sleep")) == 2, "a sleep on each node")
         daemons = [p.pid for _, p in c._procs]
     finally:
         c.stop()

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers.processes import wait_for
 from tests.test_slurm_submit import launcher, slurm_args
+
+
+def _wait(predicate, what: str, timeout: float = 900, interval: float = 1.0):
+    return wait_for(predicate, what, timeout, interval)
+
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # 12 small steps, a checkpoint every 4, a log line every step, one thread per process (2 shared cores).
@@ -41,17 +47,6 @@ def _status(run_dir: Path, stage: str) -> dict:
         return json.loads((run_dir / "stages" / stage / "status.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _wait(predicate, what: str, timeout: float = 900, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _gone(cluster, ids: list[str]) -> bool:

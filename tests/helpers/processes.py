@@ -54,3 +54,15 @@ def wait_until_encoding(proc: subprocess.Popen, final: Path, timeout: float = 12
             return children(proc.pid)
         time.sleep(0.05)
     raise AssertionError("the data stage never started writing")
+
+
+def wait_for(predicate, what: str, timeout: float = 30, interval: float = 0.2):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
