@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from checkpoint.nxd_layout import Piece
+from checkpoint.nxd_layout import RowPiece
 
 DTYPES = {
     torch.float64: "F64",
@@ -119,7 +119,7 @@ class HFSource:
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         return torch.frombuffer(self._maps[path], dtype=torch.uint8, count=nbytes, offset=offset)
 
-    def produce(self, pieces: Sequence[Piece], dest: torch.Tensor, alias: dict[str, str]) -> torch.Tensor:
+    def produce(self, pieces: Sequence[RowPiece], dest: torch.Tensor, alias: dict[str, str]) -> torch.Tensor:
         """A rank tensor: its pieces, concatenated along dim 0, each piece's ranges along its own dim.
 
         A single contiguous piece (a whole tensor, or one row range of a safetensors tensor) is returned as a

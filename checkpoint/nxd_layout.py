@@ -146,7 +146,7 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class Piece:
+class RowPiece:
     """Rows (dim 0) or columns (dim 1) `ranges` of one HF tensor, concatenated along `dim`; dim -1 = whole."""
 
     hf_key: str
@@ -160,7 +160,7 @@ class RankTensor:
 
     key: str
     shape: tuple[int, ...]
-    pieces: tuple[Piece, ...]
+    pieces: tuple[RowPiece, ...]
     # NxD saves the regrouped o_proj as the transpose of a row-major [q_rows, hidden] block: strides (1, rows).
     column_major: bool = False
 
@@ -347,27 +347,27 @@ def _layer_tensors(arch: Arch, layout: Layout, li: int, r: int) -> tuple[list[Ra
     h, d, tp = arch.hidden_size, arch.head_dim, layout.tp
     p = f"model.layers.{li}."
     q_heads, kv_heads = rank_heads(arch, layout, r)
-    q = Piece(p + "self_attn.q_proj.weight", 0, _runs(q_heads, d))
-    k = Piece(p + "self_attn.k_proj.weight", 0, _runs(kv_heads, d))
-    v = Piece(p + "self_attn.v_proj.weight", 0, _runs(kv_heads, d))
+    q = RowPiece(p + "self_attn.q_proj.weight", 0, _runs(q_heads, d))
+    k = RowPiece(p + "self_attn.k_proj.weight", 0, _runs(kv_heads, d))
+    v = RowPiece(p + "self_attn.v_proj.weight", 0, _runs(kv_heads, d))
     qn, kvn = len(q_heads) * d, len(kv_heads) * d
     inter = arch.intermediate_size // tp
     rows = (r * inter, (r + 1) * inter)
     o = RankTensor(
         p + "self_attn.o_proj.weight",
         (h, qn),
-        (Piece(p + "self_attn.o_proj.weight", 1, q.ranges),),
+        (RowPiece(p + "self_attn.o_proj.weight", 1, q.ranges),),
         column_major=layout.qkv_linear,
     )
     mlp = [
         RankTensor(
             p + GATE_UP,
             (2 * inter, h),
-            (Piece(p + "mlp.gate_proj.weight", 0, (rows,)), Piece(p + "mlp.up_proj.weight", 0, (rows,))),
+            (RowPiece(p + "mlp.gate_proj.weight", 0, (rows,)), RowPiece(p + "mlp.up_proj.weight", 0, (rows,))),
         ),
-        RankTensor(p + "mlp.down_proj.weight", (h, inter), (Piece(p + "mlp.down_proj.weight", 1, (rows,)),)),
+        RankTensor(p + "mlp.down_proj.weight", (h, inter), (RowPiece(p + "mlp.down_proj.weight", 1, (rows,)),)),
         *(
-            RankTensor(p + n, (h,), (Piece(p + n, -1),))
+            RankTensor(p + n, (h,), (RowPiece(p + n, -1),))
             for n in ("input_layernorm.weight", "post_attention_layernorm.weight")
         ),
     ]
@@ -392,15 +392,15 @@ def rank_plan(arch: Arch, layout: Layout, tp_rank: int, pp_rank: int) -> list[Ra
     tail: list[RankTensor] = []
     if pp_rank == 0:
         head.append(
-            RankTensor("model.embed_tokens.weight", (vrows, h), (Piece("model.embed_tokens.weight", 0, vocab),))
+            RankTensor("model.embed_tokens.weight", (vrows, h), (RowPiece("model.embed_tokens.weight", 0, vocab),))
         )
     for li in stage_layer_ranges(arch.num_hidden_layers, layout.pp)[pp_rank]:
         inline, appended = _layer_tensors(arch, layout, li, r)
         head += inline
         tail += appended
     if pp_rank == layout.pp - 1:
-        head.append(RankTensor("model.norm.weight", (h,), (Piece("model.norm.weight", -1),)))
-        head.append(RankTensor("lm_head.weight", (vrows, h), (Piece("lm_head.weight", 0, vocab),)))
+        head.append(RankTensor("model.norm.weight", (h,), (RowPiece("model.norm.weight", -1),)))
+        head.append(RankTensor("lm_head.weight", (vrows, h), (RowPiece("lm_head.weight", 0, vocab),)))
     return head + tail
 
 
@@ -411,6 +411,6 @@ def rank_file_name(tp_rank: int, pp_rank: int) -> str:
     return name(0, tp_rank, pp_rank)
 
 
-def piece_rows(piece: Piece, rank_shape: tuple[int, ...]) -> int:
+def piece_rows(piece: RowPiece, rank_shape: tuple[int, ...]) -> int:
     """How many rows of the rank tensor a piece fills."""
     return sum(b - a for a, b in piece.ranges) if piece.dim == 0 else rank_shape[0]
