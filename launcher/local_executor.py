@@ -29,6 +29,7 @@ def _tee(proc: subprocess.Popen, log: Path) -> None:
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
             f.write(chunk)
+            f.flush()  # `status` reads the log of a running stage (its current step)
 
 
 @dataclass
