@@ -255,7 +255,7 @@ def show(run_dir: Path) -> None:
             print(f"           latest checkpoint: {r['checkpoint']}")
         if r["log"]:
             print(f"           log: {r['log']}")
-            for line in r["tail"] if r["state"] not in ("completed", "skipped") else []:
+            for line in r["tail"] if r["state"] not in ("complete", "completed", "skipped") else []:
                 print(f"             | {line[:160]}")
 
 
