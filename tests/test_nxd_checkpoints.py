@@ -8,7 +8,8 @@ harness), at TP 2 with the fused GQA QKV layer:
 - one set of key names, key for key: the backend's model (under NxD's names), `nxd.save_checkpoint`'s model files,
   the converter's shards and (on the HF side) the export and the original HF folder;
 - ZeRO-1 (NxD's NeuronZero1Optimizer) at world 1 on torch-xla's CPU device: its checkpoint saves and loads, and a
-  stopped-and-resumed run should log the uninterrupted run's losses; it does not yet (strict xfail, reason there).
+  stopped-and-resumed run logs the uninterrupted run's losses, equal as logged (NxDCheckpoints.load re-makes
+  ZeRO-1's fp32 shards from the loaded weights before it loads the optimizer state).
 
 Tolerance for logits: 1e-4 absolute (fp32; the sharded matmuls and the vocab-parallel gather reorder sums)."""
 
@@ -135,13 +136,6 @@ def test_converted_hf_weights_train_save_and_export_with_one_set_of_keys(prepare
     assert before["max_abs_diff"] > 1e-3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resume with ZeRO-1 is not exact yet: measured, steps 1-5 equal, 6-8 diverge (6.4241 vs 5.8235 at step 6). "
-    "Probable cause: NxDCheckpoints.load loads the optimizer, then the model weights into the parameters, but "
-    "ZeRO-1's sharded parameter copies stay those of the fresh build, and its next step writes them back. "
-    "Candidate fix (not verified): load the model, optimizer.optimizer.init_zero(), then the optimizer state.",
-)
 def test_zero1_checkpoint_save_and_load_on_the_xla_cpu_device(prepared, tmp_path):
     """World 1, torch-xla's CPU device (PJRT_DEVICE=CPU, not NxD's CPU mode): NeuronZero1Optimizer's state goes
     through nxd.save_checkpoint / load_checkpoint; 4 steps, stop, resume to 8 == 8 straight steps."""

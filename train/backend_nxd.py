@@ -383,14 +383,24 @@ class NxDCheckpoints:
     def load(self, folder: Path, *, io: Any, layout: dict[str, Any]) -> dict[str, Any]:
         import neuronx_distributed as nxd
 
-        user = nxd.trainer.load_checkpoint(str(folder.parent), tag=folder.name, optimizer=self.backend.optimizer)
+        # The layout first (user content only), so that a mismatch is reported before any weight is touched.
+        user = nxd.trainer.load_checkpoint(str(folder.parent), tag=folder.name)
         if user is None or user.get("layout") != layout:
             saved = None if user is None else user.get("layout")
             raise ValueError(
                 f"The checkpoint {folder} was written for another model or layout ({saved}) than this run "
                 f"({layout}). Start a new run_dir for this configuration."
             )
+        # Model weights before the optimizer: ZeRO-1 keeps its own fp32 copies of the parameters (its shards),
+        # made from the parameters by init_zero(), and its step writes them back into the model. The checkpoint
+        # holds no such copies (use_master_weights_in_ckpt is off), so they must be re-made from the loaded
+        # weights, as NxD's example does after loading pretrained weights; then the optimizer state (AdamW's
+        # moments) is loaded onto those shards. Loaded the other way round, the shards stay those of the fresh
+        # build and the first step after resume overwrites the loaded weights with them.
         self.load_model(folder)
+        if self.backend.nxd_config["optimizer_config"]["zero_one_enabled"]:
+            self.backend.optimizer.optimizer.init_zero()
+        nxd.trainer.load_checkpoint(str(folder.parent), tag=folder.name, optimizer=self.backend.optimizer)
         random.setstate(user["rng"]["python"])
         return user
 
