@@ -38,6 +38,15 @@ def _refusals(*extra: str) -> list[str]:
     return make_plan(c, Path("run")).refusals
 
 
+def _default(key: str):
+    """The value the tiny recipe gives `key` (what the first run used)."""
+    from omegaconf import OmegaConf
+
+    from launcher.compose import compose
+
+    return OmegaConf.select(OmegaConf.structured(compose([]).cfg), key)
+
+
 def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
@@ -53,7 +62,7 @@ def test_changed_config_is_refused_continued_on_request_or_restarted(isolated):
     for extra, shown in [
         (["optim.lr=1e-3"], "optim.lr: 0.004 -> 0.001"),
         (["trainer.max_steps=2"], "trainer.max_steps: 4 -> 2"),
-        (["data.val_fraction=0.2"], "data.val_fraction: 0.01 -> 0.2"),  # a new dataset
+        (["data.val_fraction=0.2"], f"data.val_fraction: {_default('data.val_fraction')} -> 0.2"),  # a new dataset
         (["model.init=pretrained", "model.pretrained_path=acme/x"], "model.init: 'scratch' -> 'pretrained'"),
     ]:
         (refusal,) = _refusals(*extra)
