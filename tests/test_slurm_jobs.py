@@ -107,7 +107,8 @@ def test_default_chain_completes_as_jobs_and_rerun_skips(slurm_cluster, uninterr
     r = launcher(slurm_cluster, ["status", str(run_dir)], run_dir.parent)
     assert r.returncode == 0 and "Slurm state from sacct" in r.stdout, r.stdout + r.stderr
     for stage in ("data", "train", "export"):
-        assert re.search(rf"{stage}\s+completed\s+{_job(run_dir, stage)}", r.stdout), r.stdout
+        # The outputs: a stage whose output is complete for the run's config reads "complete".
+        assert re.search(rf"{stage}\s+complete\s+{_job(run_dir, stage)}", r.stdout), r.stdout
     assert "latest checkpoint:" in r.stdout and "step_12" in r.stdout
     # A rerun of the same command submits nothing.
     again = subprocess.run(
