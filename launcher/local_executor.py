@@ -88,12 +88,12 @@ class LocalExecutor:
         )
         write_status(plan.run_dir, sp.stage, executor="local", pgid=proc.pid, log=str(log))
 
-        # A SIGTERM to the launcher (or Ctrl-C) is passed on to the stage's process group as SIGTERM, so the
+        # A SIGTERM to the launcher (or Ctrl-C) is passed on to the stage's process group as the same signal, so the
         # training loop checkpoints and other stages remove their temporary output, instead of being orphaned;
         # we keep relaying its output meanwhile, and the run stops after this stage.
         def stop(signum: int, frame: object = None) -> None:
             self.signal = self.signal or signum
-            _forward(proc)
+            _forward(proc, signum)
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -128,9 +128,10 @@ class LocalExecutor:
         return rc
 
 
-def _forward(proc: subprocess.Popen) -> None:
+def _forward(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    """Pass the signal on as what it is (Ctrl-C stays SIGINT), so the stage reports the signal the user sent."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signum)
 
 
 def _state(run_dir: Path, sp: StagePlan) -> str:

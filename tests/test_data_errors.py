@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from data.config import DataSource
-from tests.helpers.data import documents, make_cfg, prepare, write_jsonl
+from tests.helpers.corpora import documents, make_cfg, prepare, write_jsonl
 
 
 def _fails(cfg, tmp_path, *needles: str) -> str:
@@ -97,7 +97,7 @@ def test_seq_len_below_two(tmp_path, seq_len):
 
 
 def test_corpus_smaller_than_one_block_says_how_many_tokens(tmp_path):
-    from tests.helpers.data import hf_tokenizer
+    from tests.helpers.corpora import hf_tokenizer
 
     path = write_jsonl(tmp_path / "c.jsonl", ["a short document", "and another one"])
     cfg = make_cfg(tmp_path, paths=[str(path)], seq_len=512, val_fraction=0.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.paths import data_dir
-from tests.helpers.data import documents, make_cfg, write_jsonl
+from tests.helpers.corpora import documents, make_cfg, write_jsonl
 from tests.helpers.processes import alive, cmdline, start_data_job, wait_until_encoding
 
 ROOT = Path(__file__).resolve().parent.parent

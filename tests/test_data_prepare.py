@@ -12,7 +12,7 @@ import pytest
 
 from data.config import DataFormat, DataSource
 from data.prepare import validation_mask
-from tests.helpers.data import documents, hf_tokenizer, load_blocks, make_cfg, prepare, reference_blocks, write_jsonl
+from tests.helpers.corpora import documents, hf_tokenizer, load_blocks, make_cfg, prepare, reference_blocks, write_jsonl
 
 
 def _split(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from data.prepare import validation_mask
 from data.sources import expand, plan_files, read
-from tests.helpers.data import documents, write_jsonl
+from tests.helpers.corpora import documents, write_jsonl
 
 
 def _read_all(pieces) -> list[str]:

@@ -7,7 +7,7 @@ import json
 from core.paths import tokenizer_dir
 from data import sample
 from data.tokenizer import BOS, EOS, build_sample_tokenizer, ensure_sample_tokenizer, load, tokenizer_folder
-from tests.helpers.data import make_cfg
+from tests.helpers.corpora import make_cfg
 
 
 def test_sample_tokenizer_loads_with_autotokenizer_and_adds_bos_like_llama3(tmp_path):

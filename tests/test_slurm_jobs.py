@@ -252,9 +252,12 @@ def test_node_lost_mid_training_requeues_and_resumes(slurm_cluster, tmp_path, ca
 
 def test_failing_data_stage_never_trains_and_status_says_why_without_accounting(slurm_cluster_noacct, tmp_path):
     bad = tmp_path / "corpus.txt"
-    bad.write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 50)
+    bad.write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 500)
     run_dir = tmp_path / "run"
-    args = slurm_args(tmp_path, f"run_dir={run_dir}", "data=files", f"data.paths=[{bad}]", *TINY)
+    # One document, none held out: the plan's split-size check passes; only the data job decodes the bytes.
+    args = slurm_args(
+        tmp_path, f"run_dir={run_dir}", "data=files", f"data.paths=[{bad}]", "data.val_fraction=0", *TINY
+    )
     proc = launcher(slurm_cluster_noacct, args, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ids = [_job(run_dir, s) for s in ("data", "train", "export")]

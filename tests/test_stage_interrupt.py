@@ -16,7 +16,7 @@ import pytest
 
 from core.paths import data_dir
 from tests.helpers.cli import ROOT, run_cli
-from tests.helpers.data import documents, make_cfg, write_jsonl
+from tests.helpers.corpora import documents, make_cfg, write_jsonl
 from tests.helpers.processes import alive, cmdline, start_data_job, wait_until_encoding
 
 

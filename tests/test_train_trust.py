@@ -61,7 +61,7 @@ def _check_export_logits(run_dir: Path, cfg) -> None:
     from model import llama3
 
     ours = llama3.build(cfg.model)
-    ours.load_state_dict(merge_torch_shards(latest_step(run_dir / "checkpoints"), cfg), strict=True)
+    ours.load_state_dict(merge_torch_shards(latest_step(run_dir / "checkpoints"), cfg.model), strict=True)
     hf = LlamaForCausalLM.from_pretrained(run_dir / "export", torch_dtype=torch.float32).eval()
     ids = _ids(cfg)
     with torch.no_grad():
