@@ -255,9 +255,7 @@ def test_failing_data_stage_never_trains_and_status_says_why_without_accounting(
     bad.write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 500)
     run_dir = tmp_path / "run"
     # One document, none held out: the plan's split-size check passes; only the data job decodes the bytes.
-    args = slurm_args(
-        tmp_path, f"run_dir={run_dir}", "data=files", f"data.paths=[{bad}]", "data.val_fraction=0", *TINY
-    )
+    args = slurm_args(tmp_path, f"run_dir={run_dir}", "data=files", f"data.paths=[{bad}]", "data.val_fraction=0", *TINY)
     proc = launcher(slurm_cluster_noacct, args, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ids = [_job(run_dir, s) for s in ("data", "train", "export")]
