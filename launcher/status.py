@@ -35,7 +35,8 @@ def _alive(pgid: int) -> bool:
 def _resolve(args: list[str]) -> Path:
     """A run folder; a runs folder (its latest run of this user); or, with no argument or with overrides
     (`cluster=hyperpod`), the latest run of this user under the composed config's cluster.runs_dir."""
-    if args and "=" not in args[0]:
+    # A sweep point's folder is named like an override (optim.lr=0.001): an existing folder is a folder.
+    if args and ("=" not in args[0] or Path(args[0]).expanduser().is_dir()):
         path = Path(args[0]).expanduser()
         if (path / "run.json").is_file():
             return path
@@ -290,7 +291,7 @@ def cancel(run_dir: Path) -> int:
 def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd == "cancel" and (len(rest) != 1 or "=" in rest[0]):
+        if cmd == "cancel" and (len(rest) != 1 or ("=" in rest[0] and not Path(rest[0]).expanduser().is_dir())):
             raise ValueError("cancel needs the run folder: python -m launcher cancel RUN.")
         if len(rest) > 1 and not all("=" in a for a in rest):
             raise ValueError(f"{cmd} takes at most one run folder, got {' '.join(rest)}.")
