@@ -133,21 +133,28 @@ def _tail(log: Path, n: int = 3) -> list[str]:
     return lines[-n:]
 
 
-def _output_state(run_dir: Path, stage: str) -> tuple[str, dict]:
+def _run_config(run_dir: Path):
+    """The run's resolved config (None when config.yaml cannot be read: status then shows the status files)."""
+    from launcher.job import load_config
+
+    try:
+        return load_config(run_dir)
+    except Exception:
+        return None
+
+
+def _output_state(run_dir: Path, stage: str, cfg) -> tuple[str, dict]:
     """What the stage's output on disk is for the run's config: complete (with the marker's summary), stale (made
     from another config: the next run rebuilds it), or nothing known."""
     from core.marker import is_complete, read_marker
     from core.paths import final_dir
     from core.stages import Stage
-    from launcher.job import load_config
 
-    try:
-        cfg = load_config(run_dir)
-        st = Stage(stage)
-        done, _ = is_complete(st, cfg, run_dir)
-        marker = read_marker(final_dir(st, cfg, run_dir))
-    except Exception:  # an unreadable config.yaml: fall back to the status file alone
+    if cfg is None:
         return "", {}
+    st = Stage(stage)
+    done, _ = is_complete(st, cfg, run_dir)
+    marker = read_marker(final_dir(st, cfg, run_dir))
     if done:
         return "complete", (marker or {}).get("summary") or {}
     return ("stale", {}) if marker else ("", {})
@@ -157,6 +164,7 @@ def stage_rows(run_dir: Path) -> tuple[list[dict], str]:
     meta = json.loads((run_dir / "run.json").read_text())
     jobs = {e["stage"]: _job(run_dir, e["stage"]) for e in meta["stages"]}
     view, source = slurm_view([j["job_id"] for j in jobs.values() if j.get("job_id")])
+    cfg = _run_config(run_dir)  # read once: every stage's output is judged against it
     rows = []
     for entry in meta["stages"]:
         stage = entry["stage"]
@@ -169,7 +177,7 @@ def stage_rows(run_dir: Path) -> tuple[list[dict], str]:
         summary = s.get("summary") or {}
         if state in ("skipped", "completed", "stopped", "pending"):
             # The outputs, not the last invocation: a stage skipped by a rerun is complete, with its summary.
-            out_state, out_summary = _output_state(run_dir, stage)
+            out_state, out_summary = _output_state(run_dir, stage, cfg)
             if out_state == "complete":
                 state, summary = "complete", out_summary or summary
             elif out_state == "stale" and state != "stopped":
