@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.marker import now
-from core.stage_status import status_path, write_status
+from core.stage_status import read_status, write_status
 from core.stages import Stage
 from launcher.plan import Plan, StagePlan
 
@@ -135,9 +135,4 @@ def _forward(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
 
 
 def _state(run_dir: Path, sp: StagePlan) -> str:
-    import json
-
-    try:
-        return json.loads(status_path(run_dir, sp.stage).read_text()).get("state", "failed")
-    except (OSError, ValueError):
-        return "failed"
+    return read_status(run_dir, sp.stage).get("state", "failed")
