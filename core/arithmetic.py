@@ -15,7 +15,7 @@ from train.config import Backend
 
 if TYPE_CHECKING:
     from core.config import JobConfig
-    from model.config import ModelConfig
+    from model.config import ModelConfig, ParallelConfig
 
 # Devices (processes) per node for each accelerator when cluster.devices_per_node is 0.
 DEVICES_PER_NODE = {Accelerator.trn1: 32, Accelerator.trn2: 64, Accelerator.cuda: 8}
@@ -81,6 +81,12 @@ def nxd_meta_device_init(m: ModelConfig) -> bool:
     return parameter_count(m) > NXD_META_INIT_PARAMETERS
 
 
+def nxd_sequence_parallel(p: ParallelConfig, tp: int) -> bool:
+    """Whether the nxd backend shards activations over the sequence: parallel.sequence_parallel, at tp > 1 (at tp 1
+    there is nothing to split, and NxD warns)."""
+    return bool(p.sequence_parallel) and tp > 1
+
+
 def nxd_params_per_core(m: ModelConfig, tp: int, pp: int, kv_size_multiplier: int) -> int:
     """Most parameter elements one NeuronCore holds under NxD's layout (model/nxd_plan.py, which a test checks this
     against): the fused QKV with K/V replicated kv_size_multiplier times, gate_up, o/down, norms; the embedding on
@@ -141,9 +147,8 @@ def activation_bytes_per_layer(cfg: JobConfig, tp: int) -> tuple[float, str]:
     if mode == "full":
         return 2 * sbh, "full recomputation: 2sbh per layer"
     if mode == "selective":
-        if p.sequence_parallel:
-            # parallel.sequence_parallel as configured; the nxd backend does not wire it into the forward yet.
-            return 34 * sbh / tp, "selective recomputation + SP (assumed; not wired yet): 34sbh/tp per layer"
+        if nxd_sequence_parallel(p, tp):
+            return 34 * sbh / tp, "selective recomputation + sequence parallelism: 34sbh/tp per layer"
         return sbh * (10 + 24 / tp), "selective recomputation: sbh(10 + 24/tp) per layer"
     return sbh * (10 + 24 / tp + 5 * a * s / (h * tp)), "no recomputation: sbh(10 + 24/tp + 5as/(h tp)) per layer"
 

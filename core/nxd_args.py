@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.arithmetic import Derived, derive, nxd_meta_device_init
+from core.arithmetic import Derived, derive, nxd_meta_device_init, nxd_sequence_parallel
 from model.config import ModelConfig, ParallelConfig
 from train.config import OptimConfig, Precision, TrainerConfig
 
@@ -82,9 +82,9 @@ def nxd_config(
             # optim.grad_clip=0 turns clipping off; the norm is still computed (and logged).
             "max_grad_norm": optim.grad_clip if optim.grad_clip > 0 else float("inf"),
         },
-        # Planned: the model's forward does not scatter activations over the sequence yet, so parallel.
-        # sequence_parallel is not passed on (NxD's layers would expect [S/tp, B, H] inputs).
-        "sequence_parallel": False,
+        # NxD's optimizer all-reduces the norms' gradients over TP when on; the model (model/parallelize_nxd.py)
+        # builds its layers with sequence_parallel_enabled and runs sequence-first.
+        "sequence_parallel": nxd_sequence_parallel(p, d.tensor_parallel),
         "activation_checkpoint_config": ACTIVATION_CHECKPOINT.get(p.activation_checkpointing, "selective"),
         "model_init_config": {"sequential_move_factor": 11, "meta_device_init": nxd_meta_device_init(model)},
         "mixed_precision_config": {
@@ -126,7 +126,10 @@ def backend_settings(cfg: JobConfig, checkpoint_dir: Path | str, converted_dir: 
     )
     ac_modes = {None: "off", "full": "full", "selective": "selective (the MLP recomputed)"}
     ac = ac_modes[nc["activation_checkpoint_config"]]
-    sp = "off (planned: parallel.sequence_parallel is not wired yet)" if p.sequence_parallel else "off"
+    if nc["sequence_parallel"]:
+        sp = f"on (activations [S/{d.tensor_parallel}, B, H] between layers)"
+    else:
+        sp = "off (tp 1: nothing to split)" if p.sequence_parallel else "off"
     zero1 = "on" if p.zero1 else "off"
     if mp["use_master_weights"]:
         zero1 += " (fp32 master weights, fp32 gradient accumulation)"
@@ -144,9 +147,22 @@ def backend_settings(cfg: JobConfig, checkpoint_dir: Path | str, converted_dir: 
         f"activation checkpointing {ac}",
         f"attention {qkv}",
         f"AdamW lr {o.lr:g} betas {o.beta1:g},{o.beta2:g} eps {o.eps:g} weight decay {o.weight_decay:g}",
-        f"grad clip {clip:g}" if clip != float("inf") else "grad clip off",
+        _clip(clip, p.kv_size_multiplier),
         f"precision {Precision(t.precision).value}",
         f"weights {weights}",
         f"checkpoints nxd.save_checkpoint (xser) every {t.checkpoint_interval} steps into {checkpoint_dir}, {keep}, "
         "resume from the newest with NxD's done marker",
     ]
+
+
+def _clip(max_norm: float, kv_size_multiplier: int) -> str:
+    if max_norm == float("inf"):
+        return "grad clip off"
+    if kv_size_multiplier > 1:
+        # Measured in NxD's CPU mode (tests/test_nxd_backend.py): the losses are the unreplicated model's with
+        # clipping off; the norm is larger, since the fused weight_qkv is one tensor-parallel parameter.
+        return (
+            f"grad clip {max_norm:g} (NxD's global norm counts each of the {kv_size_multiplier} K/V replicas, so it "
+            "is larger than the unreplicated model's)"
+        )
+    return f"grad clip {max_norm:g}"

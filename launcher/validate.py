@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import paths
-from core.arithmetic import Derived, backend_for, derive
+from core.arithmetic import Derived, backend_for, derive, nxd_sequence_parallel
 from core.config import Accelerator, ExecutorKind, JobConfig
 from core.marker import is_complete
 from core.problems import Problem, Range, describe
@@ -210,6 +210,10 @@ def layout_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
         from checkpoint.nxd_layout import layout_problems as nxd_layout_problems
 
         out += nxd_layout_problems(Arch.from_model(m), nxd_layout(cfg), nxd_key)
+        # After the layout rules (a bad tp is one problem, not two) and only for a sequence the model takes.
+        seq = cfg.data.seq_len
+        if not out and nxd_sequence_parallel(p, d.tensor_parallel) and 0 < seq <= m.max_position_embeddings:
+            out += [Problem(*x) for x in model_rules.sequence_parallel_problems(seq, d.tensor_parallel)]
         if c.accelerator not in (Accelerator.trn1, Accelerator.cpu):
             out.append(
                 Problem(

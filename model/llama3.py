@@ -6,6 +6,8 @@ shape (`view(..., -1, head_dim)`), so a column-sharded wq simply yields fewer he
 the nxd backend (model/parallelize_nxd.py) put NxD's fused layers in without another forward: `Attention.qkv`
 (a module returning q, k, v; NxD's GQAQKVColumnParallelLinear) and `FeedForward.gate_up` (a module returning
 [gate | up]; NxD's stride-2 ColumnParallelLinear). Both are None by default: wq/wk/wv and w1/w3 are used.
+A third, `Attention.sequence_first`, is NxD's sequence-parallel layout ([S, B, D] between its layers); everything
+else in a block is element-wise or over the last dimension, so it is layout-agnostic.
 
 RoPE uses the Hugging Face rotate-half convention (first half / second half of each head, not interleaved
 pairs), so HF weights load without the Q/K permutation that Meta's original checkpoints need.
@@ -81,6 +83,9 @@ class Attention(nn.Module):
         # The projection seam: a module x -> (q, k, v) used instead of wq/wk/wv when set (the nxd backend puts
         # NxD's fused GQAQKVColumnParallelLinear here and deletes wq/wk/wv). None: today's three projections.
         self.qkv: nn.Module | None = None
+        # The layout seam: True under NxD's sequence parallelism, whose projections take and give sequence-first
+        # tensors ([S/tp, B, D] in, [S, B, .] out of qkv; [S, B, .] into wo). False: batch-first, as everywhere else.
+        self.sequence_first = False
 
     def project_qkv(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.qkv is not None:
@@ -88,12 +93,15 @@ class Attention(nn.Module):
         return self.wq(x_BSD), self.wk(x_BSD), self.wv(x_BSD)
 
     def forward(self, x_BSD: torch.Tensor, cos_SE: torch.Tensor, sin_SE: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x_BSD.shape
         q, k, v = self.project_qkv(x_BSD)
+        e = self.head_dim
         # -1: the local head count (all heads unsharded, heads/tp under ColwiseParallel or NxD's layers).
-        q_BHSE = q.view(b, s, -1, self.head_dim).transpose(1, 2)
-        k_BKSE = k.view(b, s, -1, self.head_dim).transpose(1, 2)
-        v_BKSE = v.view(b, s, -1, self.head_dim).transpose(1, 2)
+        if self.sequence_first:
+            s, b = q.shape[:2]
+            q_BHSE, k_BKSE, v_BKSE = (t.reshape(s, b, -1, e).permute(1, 2, 0, 3) for t in (q, k, v))
+        else:
+            b, s = q.shape[:2]
+            q_BHSE, k_BKSE, v_BKSE = (t.view(b, s, -1, e).transpose(1, 2) for t in (q, k, v))
         cos, sin = cos_SE.to(q_BHSE.dtype), sin_SE.to(q_BHSE.dtype)
         q_BHSE = q_BHSE * cos + rotate_half(q_BHSE) * sin
         k_BKSE = k_BKSE * cos + rotate_half(k_BKSE) * sin
@@ -102,6 +110,8 @@ class Attention(nn.Module):
         # Local heads decide (NxD replicates K/V heads kv_size_multiplier times, so the local ratio can be smaller).
         gqa = q_BHSE.shape[1] != k_BKSE.shape[1]
         o_BHSE = F.scaled_dot_product_attention(q_BHSE, k_BKSE, v_BKSE, is_causal=True, enable_gqa=gqa)
+        if self.sequence_first:
+            return self.wo(o_BHSE.permute(2, 0, 1, 3).reshape(s, b, -1))
         return self.wo(o_BHSE.transpose(1, 2).reshape(b, s, -1))
 
 

@@ -6,7 +6,8 @@ arguments goes where; this module builds them and puts them at the model's seams
 - `attention.qkv` (the seam) -> GQAQKVColumnParallelLinear (kv_size_multiplier, fuse_qkv), or ColumnParallelLinear
   at wq/wk/wv without qkv_linear; `attention.wo` -> RowParallelLinear;
 - `feed_forward.gate_up` (the seam) -> the stride-2 ColumnParallelLinear, `feed_forward.w2` -> RowParallelLinear;
-- norms stay the model's RMSNorm (replicated).
+- norms stay the model's RMSNorm (replicated; under sequence parallelism each rank normalises its slice of the
+  sequence, see NxDLlama3).
 
 Parameter names are ours (model/names.py maps them to NxD's for checkpoints). Needs neuronx-distributed with its
 model-parallel state initialised; imported only by the nxd backend.
@@ -22,7 +23,7 @@ from torch import nn
 
 from model import names
 from model.config import ModelConfig
-from model.llama3 import IGNORE, Llama3, RMSNorm, TransformerBlock, rope_inv_freq
+from model.llama3 import IGNORE, Attention, Llama3, RMSNorm, TransformerBlock, rope_inv_freq
 from model.nxd_plan import Llama3Arch, NxDPlan
 from model.nxd_plan import plan as make_plan
 
@@ -54,33 +55,49 @@ class VocabParallelLoss(nn.Module):
 
 class Rotary(nn.Module):
     """(cos, sin) of RoPE for h's sequence, from its own (non-persistent) inverse-frequency buffer: a leaf for
-    NxDPPModel's tracer, whose stage cuts cannot carry a root buffer to later stages (they get cos/sin as inputs)."""
+    NxDPPModel's tracer, whose stage cuts cannot carry a root buffer to later stages (they get cos/sin as inputs).
 
-    def __init__(self, cfg: ModelConfig):
+    Under sequence parallelism h is this rank's [S/tp, B, D] slice; attention sees the whole sequence (its
+    projections gather it), so the rotation covers S = tp x h's first dimension."""
+
+    def __init__(self, cfg: ModelConfig, sequence_parallel_size: int = 0):
         super().__init__()
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.sequence_parallel_size = sequence_parallel_size  # 0: batch-first h, no sequence parallelism
 
     def forward(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(h_BSD.shape[1], device=h_BSD.device, dtype=torch.float32)
+        sp = self.sequence_parallel_size
+        seq = h_BSD.shape[0] * sp if sp else h_BSD.shape[1]
+        pos = torch.arange(seq, device=h_BSD.device, dtype=torch.float32)
         freqs_SE2 = pos[:, None] * self.inv_freq.to(device=h_BSD.device, dtype=torch.float32)[None, :]
         emb_SE = torch.cat((freqs_SE2, freqs_SE2), dim=-1)
         return emb_SE.cos(), emb_SE.sin()
 
 
 class NxDLlama3(Llama3):
-    """Llama 3 whose forward returns the loss (what NxD's trainer and NxDPPModel call)."""
+    """Llama 3 whose forward returns the loss (what NxD's trainer and NxDPPModel call).
+
+    Under sequence parallelism (NxD's Megatron-style SP, as its Llama example) the hidden states between layers
+    are sequence-first [S/tp, B, D]: the embedding reduce-scatters into that layout, every column-parallel layer
+    all-gathers the sequence, every row-parallel layer reduce-scatters it, and norms work on the slice (their
+    weight gradients all-reduced over TP by NxD's optimizer, from the `sequence_parallel_enabled` mark). The
+    lm_head gives sequence-first logits [S, B, V/tp]; the labels are transposed to match them (the mean over
+    tokens does not depend on their order), where NxD's example copies the logits, the largest activation, back
+    to batch-first (whose gradient, a transposed view, NxD's linear backward cannot `view` on eager CPU tensors)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.loss = VocabParallelLoss()
         self.rotary = Rotary(cfg)
+        self.sequence_first = False
 
     def rope_for(self, h_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rotary(h_BSD)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.loss(super().forward(input_ids), labels)
+        logits = super().forward(input_ids)
+        return self.loss(logits, labels.transpose(0, 1).contiguous() if self.sequence_first else labels)
 
 
 def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:
@@ -164,11 +181,17 @@ def build(
         if block.feed_forward.gate_up is not None:
             del block.feed_forward.w1, block.feed_forward.w3
     real = device if device is not None else torch.device("cpu")
+    sp = nxd_plan.sequence_parallel
     for mod in model.modules():
         if isinstance(mod, RMSNorm):
             mod.weight = nn.Parameter(torch.ones(mod.weight.shape, dtype=dtype, device=real))
+            # NxD's optimizer all-reduces the gradients of parameters so marked over TP (each rank saw a slice).
+            mod.weight.sequence_parallel_enabled = sp  # type: ignore[attr-defined]
+        if isinstance(mod, Attention):
+            mod.sequence_first = sp
+    model.sequence_first = sp
     model.register_buffer("rope_inv_freq", rope_inv_freq(cfg).to(real), persistent=False)
-    model.rotary = Rotary(cfg).to(real)
+    model.rotary = Rotary(cfg, nxd_plan.tp if sp else 0).to(real)
     if cfg.tie_word_embeddings:
         raise ValueError(
             "model.tie_word_embeddings=true is not supported by the nxd backend (NxD's example unties them: its "

@@ -115,6 +115,22 @@ def activation_checkpointing_problems(mode: str) -> list[Problem]:
     ]
 
 
+def sequence_parallel_problems(seq_len: int, tp: int) -> list[Problem]:
+    """NxD's sequence parallelism splits each sequence into tp equal slices between layers."""
+    if tp <= 1 or seq_len % tp == 0:
+        return []
+    fits = seq_len - seq_len % tp
+    return [
+        (
+            "data.seq_len",
+            seq_len,
+            f"must be divisible by {TP} ({tp}) under parallel.sequence_parallel=true: each of the {tp} tensor-"
+            "parallel ranks holds an equal slice of the sequence between layers.",
+            f"set data.seq_len={fits} (or another multiple of {tp}), or parallel.sequence_parallel=false.",
+        )
+    ]
+
+
 def raise_if(problems: list[Problem]) -> None:
     """The run-time form: one ValueError whose text is `core.problems.describe` of each problem."""
     if problems:

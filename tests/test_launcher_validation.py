@@ -4,6 +4,7 @@ alternative, and nothing written (no run folder, no cache, no Hydra outputs/).""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -175,6 +176,11 @@ CASES = [
         ["cluster.partition='nosuch'"],
     ),
     (
+        "sequence-parallel-slices",  # NxD's SP splits each sequence into tp slices between layers
+        [*H70, "data.seq_len=4100"],
+        ["data.seq_len=4100", "parallel.tensor_parallel_degree (32)", "data.seq_len=4096"],
+    ),
+    (
         "negative-sample-documents",
         ["data.sample_documents=-5", "dry_run=true"],
         ["data.sample_documents=-5", "data.sample_documents=0"],
@@ -257,6 +263,7 @@ KEYS = {
     "stage-not-applicable": "stages",
     "stage-input-missing": "stages",
     "slurm-submission": "cluster.executor",
+    "sequence-parallel-slices": "data.seq_len",
     "negative-sample-documents": "data.sample_documents",
     "nxd-does-not-fit-a-neuron-core": "parallel.tensor_parallel_degree",
     "zero-heads": "model.num_attention_heads",
@@ -269,6 +276,9 @@ KEYS = {
 
 @pytest.mark.parametrize("argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_config_is_rejected_before_anything_is_written(isolated, capsys, argv, needles):
+    if "cluster.partition=nosuch" in argv and shutil.which("sbatch") is None:
+        # Without Slurm's client commands the preflight stops one step earlier, as clearly.
+        needles = ["sbatch is not on PATH", "cluster=local"]
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err

@@ -50,8 +50,8 @@ def test_nxd_config_dicts_of_the_recipes():
     c70 = nxd_config_dict(train_job(compose(SEED_70B).cfg, Path("run")))
     assert c70["tensor_parallel_size"] == 32 and c70["pipeline_parallel_size"] == 8
     assert c70["optimizer_config"] == {"zero_one_enabled": True, "grad_clipping": True, "max_grad_norm": 1.0}
-    # sequence parallelism in the forward is planned: not passed on yet (NxD's layers would expect scattered input)
-    assert c70["sequence_parallel"] is False and c70["activation_checkpoint_config"] == "selective"
+    # the recipe's parallel.sequence_parallel (NxD's optimizer then all-reduces the norms' gradients over TP)
+    assert c70["sequence_parallel"] is True and c70["activation_checkpoint_config"] == "selective"
     assert c70["model_init_config"]["meta_device_init"] is True  # 70B: each rank initialises its shards only
     assert c70["mixed_precision_config"] == {
         "use_master_weights": True,

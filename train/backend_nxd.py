@@ -131,8 +131,9 @@ class NxDBackend:
         from model import parallelize_nxd as pn
 
         job, p = self.job, self.job.parallel
+        sp = self.nxd_config["sequence_parallel"]
         nxd_plan = pn.plan_for(
-            job.model, self.derived.tensor_parallel, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv, False
+            job.model, self.derived.tensor_parallel, p.kv_size_multiplier, p.qkv_linear, p.fuse_qkv, sp
         )
         meta = self.nxd_config["model_init_config"]["meta_device_init"]
 

@@ -222,7 +222,7 @@ _patched = False
 
 
 def patch_cpu_mode_gaps() -> None:
-    """Patch, in this process only, the two places where NxD's CPU mode (NXD_CPU_MODE=1) is incomplete.
+    """Patch, in this process only, the three places where NxD's CPU mode (NXD_CPU_MODE=1) is incomplete.
 
     Test harness only; the project's backend never does this. Call after `torch.distributed.init_process_group`.
 
@@ -237,6 +237,12 @@ def patch_cpu_mode_gaps() -> None:
        that the others then write into: "Parent directory .../optim does not exist"). Patch: in CPU mode with a
        process group, `xm.rendezvous` is a `torch.distributed` all-gather of the payloads over the default group
        (gloo), which is a barrier, returning the payloads as xm.rendezvous does.
+    3. `neuronx_distributed.modules.qkv_linear_utils` (GQAQKVColumnParallelLinear's autograd) calls
+       `xm.all_gather`, `xm.reduce_scatter` and `xm.all_reduce` itself, where the other layers go through NxD's
+       CPU-mode-aware `parallel_layers.comm`: under sequence parallelism (the input all-gather, the input-gradient
+       reduce-scatter) and at kv_size_multiplier > 1 (the K/V gradient all-reduce over the KV-shared group) CPU
+       tensors reach torch-xla ("Expected XLA tensor"). Patch: that module's `xm` is a proxy whose three
+       collectives call `parallel_layers.comm` with the process group of the replica groups passed.
     """
     global _patched
     if _patched:
@@ -268,4 +274,57 @@ def patch_cpu_mode_gaps() -> None:
         return gathered
 
     xm.rendezvous = rendezvous
+    _patch_qkv_collectives()
     _patched = True
+
+
+def _patch_qkv_collectives() -> None:
+    """Gap 3 of patch_cpu_mode_gaps."""
+    import torch
+    import torch_xla.core.xla_model as xm
+    from neuronx_distributed.modules import qkv_linear_utils
+    from neuronx_distributed.parallel_layers import comm
+    from neuronx_distributed.parallel_layers import parallel_state as ps
+    from neuronx_distributed.utils import cpu_mode
+
+    def group_of(replica_groups: Any) -> Any:
+        if not isinstance(replica_groups, list):
+            return replica_groups
+        if replica_groups == ps.get_tensor_model_parallel_replica_groups():
+            return ps.get_tensor_model_parallel_group()
+        if replica_groups == ps.get_kv_shared_replica_groups():
+            return ps.get_kv_shared_group()
+        raise NotImplementedError(f"CPU-mode collective over replica groups {replica_groups}")
+
+    class _XmCollectivesForCpuMode(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(xm, name)
+
+        @staticmethod
+        def all_gather(value, dim=0, groups=None, output=None, pin_layout=True):
+            if not cpu_mode():
+                return xm.all_gather(value, dim=dim, groups=groups, output=output, pin_layout=pin_layout)
+            return comm.all_gather(value, dim=dim, groups=group_of(groups), output=output)
+
+        @staticmethod
+        def reduce_scatter(reduce_type, input, scale, scatter_dim, shard_count, groups=None, output=None, **kw):
+            if not cpu_mode():
+                return xm.reduce_scatter(
+                    reduce_type, input, scale, scatter_dim, shard_count, groups=groups, output=output, **kw
+                )
+            return comm.cpu_reduce_scatter(
+                reduce_type, input, scale, scatter_dim, shard_count, groups=group_of(groups), output=output
+            )
+
+        @staticmethod
+        def all_reduce(reduce_type, inputs, scale=1.0, groups=None, pin_layout=True):
+            if not cpu_mode():
+                return xm.all_reduce(reduce_type, inputs, scale=scale, groups=groups, pin_layout=pin_layout)
+            tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+            comm.all_reduce(reduce_type, tensors, groups=group_of(groups))
+            if scale != 1.0:
+                for t in tensors:
+                    t.mul_(scale)
+            return tensors[0] if isinstance(inputs, torch.Tensor) else tensors
+
+    qkv_linear_utils.xm = _XmCollectivesForCpuMode("torch_xla.core.xla_model (NxD CPU-mode collectives proxy)")
