@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import paths
-from core.config import JobConfig, StageResources
+from core.config import Accelerator, JobConfig, StageResources
 from core.marker import now
 from core.stages import SPECS, Stage
 from launcher.plan import Plan, StagePlan
@@ -220,7 +220,7 @@ class SlurmExecutor:
             print(f"submission failed; cancelled the jobs it had queued: {' '.join(mine)}", flush=True)
 
     def _submit_stage(self, plan: Plan, sp: StagePlan, ids: dict[Stage, str]) -> tuple[str, Path]:
-        from launcher.slurm_job import CANCEL_MARKER, StageTask
+        from launcher.slurm_job import CANCEL_MARKER
 
         deps = [ids[s] for s in sp.after if s in ids]
         ex = make_executor(plan, sp, deps)
@@ -231,19 +231,30 @@ class SlurmExecutor:
         # A new submission starts a new series of attempts (launcher/slurm_job.py) and is not cancelled.
         for name in ("requeue.json", CANCEL_MARKER):
             (folder / name).unlink(missing_ok=True)
-        c = plan.cfg.cluster
-        r = resources(plan.cfg, sp.stage)
-        task = StageTask(
-            run_dir=str(plan.run_dir),
-            stage=sp.stage.value,
-            nodes=sp.nodes,
-            procs=sp.processes_per_node,
-            max_requeues=c.max_requeues,
-            threads=max(1, r.cpus // max(1, sp.processes_per_node)) if r.cpus else 0,
-        )
-        job = ex.submit(task)
+        job = ex.submit(stage_task(plan, sp))
         log = Path(str(job.paths.stdout).replace("%t", "0"))
         return job.job_id, log
+
+
+def stage_task(plan: Plan, sp: StagePlan):
+    """The callable a stage's job runs on each node (launcher/slurm_job.py)."""
+    from launcher.nxd_env import node_command
+    from launcher.slurm_job import StageTask
+
+    cfg = plan.cfg
+    r = resources(cfg, sp.stage)
+    nxd_on_trn1 = bool(sp.env) and cfg.cluster.accelerator == Accelerator.trn1  # plan.py: env = the nxd launch's
+    return StageTask(
+        run_dir=str(plan.run_dir),
+        stage=sp.stage.value,
+        nodes=sp.nodes,
+        procs=sp.processes_per_node,
+        max_requeues=cfg.cluster.max_requeues,
+        threads=max(1, r.cpus // max(1, sp.processes_per_node)) if r.cpus else 0,
+        node_script=node_command(cfg, plan.run_dir, sp.stage, python_of(cfg), str(paths.cache_dir(cfg)))
+        if nxd_on_trn1
+        else "",
+    )
 
 
 def preflight(plans: list[Plan]) -> list[str]:

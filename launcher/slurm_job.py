@@ -2,7 +2,8 @@
 
 One Slurm task per node. The task works out its node rank and the rendezvous address and port from the job's
 environment (SLURM_NODEID, SLURM_LAUNCH_NODE_IPADDR or node 0's NodeAddr, a port derived from the job id), starts
-`python -m launcher.job RUN STAGE` (under torchrun when the stage has several processes) and waits for it.
+`python -m launcher.job RUN STAGE` (under torchrun when the stage has several processes) and waits for it. The nxd
+stages on trn1 run NxD's per-node script instead (launcher/nxd_env.py), whose port is the configured, reserved one.
 
 Requeue is ours, not submitit's checkpoint() path: the workers must finish their checkpoint before anyone
 decides, failures need the same cap as timeouts, and an external `scontrol requeue`, a lost node or HyperPod's
@@ -116,6 +117,9 @@ class StageTask:
     max_requeues: int
     env: dict[str, str] = field(default_factory=dict)
     threads: int = 0
+    # nxd stages on trn1: the per-node bash NxD's scripts run (launcher/nxd_env.py:node_command: the example's
+    # environment, the reserved port, torchrun under neuron_parallel_compile for compile). Empty: node_command.
+    node_script: str = ""
 
     def __call__(self) -> dict:
         run_dir, folder = Path(self.run_dir), Path(self.run_dir) / "stages" / self.stage
@@ -133,7 +137,10 @@ class StageTask:
 
         for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT):
             signal.signal(sig, _note)
-        argv = node_command(sys.executable, run_dir, self.stage, self.nodes, self.procs, env)
+        if self.node_script:
+            argv = ["bash", "-c", self.node_script]
+        else:
+            argv = node_command(sys.executable, run_dir, self.stage, self.nodes, self.procs, env)
         print(f"[{self.stage}] job {job_id} restart {restart} node {env.get('SLURM_NODEID', '0')}: {argv}", flush=True)
         # torchrun has no SIGUSR2 handler (it would die and orphan its workers): it ignores it, the workers
         # install their own handler (train/signals.py) over the inherited SIG_IGN.
