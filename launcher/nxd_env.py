@@ -3,9 +3,9 @@ Slurm task per node running torchrun with one process per NeuronCore (32 per trn
 rendezvous from the allocation, and the example's environment, every value from `cluster.neuron` (defaults: the
 example's values). The compile stage runs the same command under `neuron_parallel_compile`.
 
-Plain functions for the Slurm submission path (launcher/plan.py and launcher/executor.py call them); nothing here
-submits. Not copied from the example: its TensorBoard wipe, its fixed weight decay, its fixed port reserved with sudo
-(`reserve_port_command`: the configured port, added to the node's list, sudo that never prompts).
+Plain functions for the Slurm submission path (launcher/plan.py and launcher/slurm_executor.py call them); nothing
+here submits. Not copied from the example: its TensorBoard wipe, its fixed weight decay, its fixed port reserved
+with sudo (`reserve_port_command`: the configured port, added to the node's list, sudo that never prompts).
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ def nxd_env(cfg: JobConfig, cache_dir: str | None = None) -> dict[str, str]:
     if pipeline:
         # Closes a ~3% ZeRO-1 convergence gap on PT 2.1 (comment in run_llama3_70B_tp_pp.sh).
         env["XLA_DISABLE_FUNCTIONALIZATION"] = "0"
+    else:
+        # tp_zero1_llama3_8B_hf_pretrain.sh exports the node's NeuronCore count under these four names (the 70B
+        # script does not).
+        cores = str(derive(cfg).devices_per_node)
+        env.update({k: cores for k in ("NEURON_RT_NUM_CORES", "NUM_NEURONCORES", "TPU_NUM_DEVICES")})
+        env["TPU_CHIPS_PER_HOST_BOUNDS"] = cores
     if Precision(cfg.trainer.precision) == Precision.bf16:
         # fp32 torch tensors become bf16 on device; ZeRO-1's master weights stay fp32.
         env["XLA_DOWNCAST_BF16"] = "1"
@@ -72,10 +78,13 @@ def reserve_port_command(port: int) -> str:
     )
 
 
-def node_command(cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python") -> str:
-    """The bash of one Slurm task per node (`srun --ntasks-per-node=1 bash -c '<this>'`)."""
+def node_command(
+    cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python", cache_dir: str | None = None
+) -> str:
+    """The bash each node's Slurm task runs (launcher/slurm_job.py: StageTask.node_script) for an nxd stage on trn1
+    (`cache_dir`: the resolved cluster.cache_dir)."""
     d, n = derive(cfg), cfg.cluster.neuron
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg).items()]
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg, cache_dir).items()]
     lines.append('MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
     if n.reserve_port:
         lines.append(reserve_port_command(n.master_port))

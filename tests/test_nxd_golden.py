@@ -10,8 +10,8 @@ Meta-Llama-3-70B, auto-resume), not recorded from the code:
 The sbatch scripts around these commands are not pinned here (their generation is being rewritten).
 Deliberate differences from NxD's scripts, each a choice stated in the code: the compile cache on the shared file
 system instead of $HOME, MASTER_ADDR as the first host name (the 70B script resolves it to an IP), the port added
-to the node's reserved list with `sudo -n` instead of replacing it with sudo, `sequence_parallel` false (planned:
-not wired into the forward yet), the loss-only `output_loss_value_spec` (our model returns the loss alone).
+to the node's reserved list with `sudo -n` instead of replacing it with sudo, the loss-only
+`output_loss_value_spec` (our model returns the loss alone).
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def test_golden_per_node_commands_parse_with_torchrun_and_bash(name):
     assert env["NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS"] == ("7" if pipeline else "3")
     assert env["MALLOC_ARENA_MAX"] == ("128" if pipeline else "64")
     assert ("XLA_DISABLE_FUNCTIONALIZATION" in env) == pipeline  # the 70B script only
+    for key in ("NEURON_RT_NUM_CORES", "NUM_NEURONCORES", "TPU_NUM_DEVICES", "TPU_CHIPS_PER_HOST_BOUNDS"):
+        assert env.get(key) == (None if pipeline else "32"), key  # the 8B script only
     assert env["NEURON_CC_FLAGS"].split() == [
         "--model-type=transformer",
         "--cache_dir=/fsx/trainium-launcher/cache/neuron-compile-cache",
@@ -151,7 +153,7 @@ def test_nxd_config_dict_matches_golden_file(model, overrides):
     text = "; ".join(train.nxd_settings)
     assert f"tp {golden['tensor_parallel_size']}" in text and "ZeRO-1 on (fp32 master weights" in text
     assert ("NxDPPModel, 512 micro-batches" in text) == ("pipeline_config" in golden)
-    assert "sequence parallel off (planned" in text and "kv_size_multiplier=4, fuse_qkv=True" in text
+    assert "sequence parallel on (activations [S/32, B, H]" in text and "kv_size_multiplier=4, fuse_qkv=True" in text
     assert re.search(r"weights convert stage's shards \S+/checkpoints/pretrained_weight", text)
     assert train.nxd_args == [] and not any(s.startswith("--") for s in train.nxd_settings)
 

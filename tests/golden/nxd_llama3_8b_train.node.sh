@@ -6,6 +6,10 @@ export NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS=3
 export MALLOC_ARENA_MAX=64
 export NEURON_CC_FLAGS='--model-type=transformer --cache_dir=/fsx/trainium-launcher/cache/neuron-compile-cache'
 export NEURON_RT_STOCHASTIC_ROUNDING_EN=0
+export NEURON_RT_NUM_CORES=32
+export NUM_NEURONCORES=32
+export TPU_NUM_DEVICES=32
+export TPU_CHIPS_PER_HOST_BOUNDS=32
 export XLA_DOWNCAST_BF16=1
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports 2>/dev/null || true)
