@@ -130,6 +130,7 @@ def test_output_folder_with_other_content_is_refused(tmp_path, hf, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_conversion_leaves_nothing_at_the_output(tmp_path, sig):
     # Big enough (~100 MB of fp32 slices) that the conversion is still running when the signal lands.

@@ -91,6 +91,7 @@ def test_seed_plans_convert_where_training_loads_with_the_same_layout(argv):
     _agree(_plan(argv))
 
 
+@pytest.mark.slow
 def test_convert_stage_run_by_the_launcher_fills_the_planned_folder(tmp_path):
     """A real `python -m launcher stages=[convert]` run (trn1 plan, local executor): the rank files land in the
     folder the dry-run plan names for the train stage's pretrained weights; the rerun is skipped."""

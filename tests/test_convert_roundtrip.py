@@ -199,6 +199,7 @@ def test_boolean_flags_are_strict(given, want, capsys):
         assert args.qkv_linear is want and args.fuse_qkv is False
 
 
+@pytest.mark.slow
 def test_cli_strict_booleans_progress_and_rerun_skip(tmp_path):
     make_hf(tmp_path / "hf", heads=8, kv=2, layers=2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

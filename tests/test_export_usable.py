@@ -29,6 +29,8 @@ EXPORT_FILES = [
 ]
 TEXT = "The for statement is used to iterate over the elements of a sequence"
 
+pytestmark = pytest.mark.slow  # a training run and transformers: `pytest --full`
+
 # Loads the folder the way a user does, in a fresh interpreter (transformers' warning_once would hide a warning
 # another test already triggered), and prints every warning and transformers log record at WARNING or above.
 LOAD_AND_LISTEN = """

@@ -134,10 +134,19 @@ def test_schema_default_model_is_the_tiny_yaml():
     assert JobConfig().model == tiny
 
 
-@pytest.mark.parametrize(
-    "model,parallel,cluster",
-    list(itertools.product(options("model"), options("parallel"), options("cluster"))),
-)
+def _combinations() -> list:
+    """Every model x parallel x cluster option; the development run composes a covering subset (each option at
+    least once), `--full` all of them."""
+    groups = [options("model"), options("parallel"), options("cluster")]
+    longest = max(len(g) for g in groups)
+    cover = {tuple(g[i % len(g)] for g in groups) for i in range(longest)}
+    return [
+        combo if combo in cover else pytest.param(*combo, marks=pytest.mark.slow)
+        for combo in itertools.product(*groups)
+    ]
+
+
+@pytest.mark.parametrize("model,parallel,cluster", _combinations())
 def test_every_combination_composes(model, parallel, cluster):
     c = compose([f"+model={model}", f"parallel={parallel}", f"cluster={cluster}"])
     assert c.cfg.parallel.name == parallel and c.cfg.cluster.name == cluster and c.cfg.model.name == model

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from core.paths import data_dir
 from launcher.compose import compose
 from launcher.runfolder import latest_pointer
@@ -14,6 +16,7 @@ from tests.conftest import REAL_CACHE, REAL_HOME
 from tests.helpers.cli import run_cli
 
 
+@pytest.mark.slow
 def test_cli_runs_use_the_private_home_and_status_follows_each_runs_folder(tmp_path, private_home, monkeypatch):
     assert Path(os.environ["HOME"]) == private_home != REAL_HOME
     monkeypatch.chdir(tmp_path)  # the session fixture's working folder is shared: use this test's own

@@ -99,6 +99,7 @@ def test_missing_repo_offline_is_a_clear_error(offline):
     assert not pretrained_dir(cfg).exists()
 
 
+@pytest.mark.slow
 def test_cli_run_status_and_rerun(offline):
     args = ["model.init=pretrained", f"model.pretrained_path={REPO}", "stages=[download]", "run_dir=myrun"]
     env = {"HF_HUB_OFFLINE": "1"}

@@ -84,6 +84,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_failed_data_stage_leaves_no_temporary_folder(isolated):
     """A corpus the plan cannot fault (its bytes are only decoded by the stage) fails inside the data job."""
     (isolated / "bad.txt").write_bytes(b"caf\xe9 latin-1, not UTF-8 " * 500)

@@ -12,6 +12,8 @@ from launcher.job import EXIT_USER_ERROR
 from tests.helpers.training import checkpoint_layout as _layout
 from tests.helpers.training import run_job, small_config, status
 
+pytestmark = pytest.mark.slow  # training runs (subprocesses): `pytest --full`
+
 
 @pytest.fixture(scope="module")
 def stopped_run(prepared, tmp_path_factory):

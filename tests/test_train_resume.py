@@ -18,6 +18,8 @@ from checkpoint import train_state as ckpt
 from tests.helpers.training import losses, run_job, small_config, start_job, status, tb_raw_steps, tb_scalars
 from train.signals import EXIT_REQUEUE
 
+pytestmark = pytest.mark.slow  # training runs (subprocesses): `pytest --full`
+
 STEP_LINE = re.compile(r"^\[train\] step +\d+/\d+ \| loss [^|]+\| lr [^|]+\| grad norm [^|]+", re.M)
 
 
