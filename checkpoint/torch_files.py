@@ -34,7 +34,7 @@ Spec = tuple[str, tuple[int, ...], torch.dtype, tuple[int, ...]]
 XLA_MODULE = "torch_xla.utils.serialization"
 
 
-def with_layout(t: torch.Tensor, spec: Spec) -> torch.Tensor:
+def with_strides(t: torch.Tensor, spec: Spec) -> torch.Tensor:
     """`t` with the spec's strides in a storage of its own (what NxD's `.clone()` leaves)."""
     key, shape, dtype, stride = spec
     assert tuple(t.shape) == tuple(shape) and t.dtype == dtype, (key, t.shape, shape, t.dtype, dtype)
@@ -90,7 +90,7 @@ class TorchFileStream:
 
     def put(self, t: torch.Tensor) -> None:
         name, size = self.pending[self.done]
-        t = with_layout(t, self.specs[self.done])
+        t = with_strides(t, self.specs[self.done])
         storage = t.untyped_storage()
         raw = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()[:size] if size else b""
         # The write (torch's writer, holding the GIL) runs on a helper thread while this one computes the CRC

@@ -59,8 +59,9 @@ def clean_stale(root: Path) -> None:
                     publish.clean_stale(root / p.name[1:].split(".", 1)[0])
 
 
-def layout(model: ModelConfig, d: Derived, data_parallel_mode: DataParallelMode) -> dict[str, Any]:
-    """What must be equal for a checkpoint to load: the architecture and how it is split over processes."""
+def compatibility(model: ModelConfig, d: Derived, data_parallel_mode: DataParallelMode) -> dict[str, Any]:
+    """What must be equal for a checkpoint to load: the architecture and how it is split over processes (stored
+    under the metadata key "layout", the name checkpoints have always used)."""
     arch = {k: v for k, v in as_plain(model).items() if k not in ("name", "init", "pretrained_path")}
     return {
         "model": arch,
@@ -117,8 +118,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(root: Path, step: int, *, io: ShardIO, layout: dict[str, Any], state: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank calls it. `layout` is `layout(...)` of this run. Returns the published step_N."""
+def save(root: Path, step: int, *, io: ShardIO, compat: dict[str, Any], state: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. `compat` is `compatibility(...)` of this run. Returns the published step_N."""
     final = step_dir(root, step)
     tmp = publish.sibling(final)  # rank 0's: every rank writes into the same folder
     if _rank() == 0:
@@ -134,7 +135,7 @@ def save(root: Path, step: int, *, io: ShardIO, layout: dict[str, Any], state: d
     for part in _gather(mine):
         manifest.update(part)
     if _rank() == 0:
-        lay = layout
+        lay = compat
         meta = {
             "format_version": FORMAT_VERSION,
             "step": step,
@@ -179,8 +180,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(path: Path, meta: dict[str, Any], layout: dict[str, Any]) -> None:
-    diffs = _differences(meta.get("layout", {}), layout)
+def check_compatible(path: Path, meta: dict[str, Any], compat: dict[str, Any]) -> None:
+    diffs = _differences(meta.get("layout", {}), compat)
     if diffs:
         raise ValueError(
             f"The checkpoint {path} was made with a different model or parallel layout than this "
@@ -212,10 +213,10 @@ def verify(path: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def load(path: Path, *, io: ShardIO, layout: dict[str, Any]) -> dict[str, Any]:
+def load(path: Path, *, io: ShardIO, compat: dict[str, Any]) -> dict[str, Any]:
     """Collective. Checks compatibility and integrity, then loads this rank's shards; returns the metadata."""
     meta = read_metadata(path)
-    check_compatible(path, meta, layout)
+    check_compatible(path, meta, compat)
     verify(path, meta)
     io.load_shards(path)
     return meta

@@ -134,7 +134,7 @@ def find_problems(composed: Composed) -> list[Problem]:
     problems += range_problems(cfg)
     bad = {p.key for p in problems}
     problems += model_problems(cfg, bad)
-    problems += layout_problems(cfg, d, bad)
+    problems += parallelism_problems(cfg, d, bad)
     problems += world_problems(cfg, d, bad)
     problems += schedule_problems(cfg, d, bad)
     problems += data_problems(cfg, bad)
@@ -149,7 +149,7 @@ def device_problems(cfg: JobConfig) -> list[Problem]:
     if cfg.dry_run:
         return []  # nothing runs: a local plan of another machine's accelerator may be printed anywhere
     if backend_for(cfg) == Backend.nxd and c.accelerator != Accelerator.trn1:
-        return []  # layout_problems says the nxd backend does not run there
+        return []  # parallelism_problems says the nxd backend does not run there
     count, why = local_devices(c.accelerator)
     if count == 0:
         return [
@@ -197,7 +197,7 @@ def model_problems(cfg: JobConfig, bad: set[str]) -> list[Problem]:
     return out
 
 
-def layout_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
+def parallelism_problems(cfg: JobConfig, d: Derived, bad: set[str]) -> list[Problem]:
     """How the model is split: NxD's layout rules on trn1, the torch backend's parallelisation rules elsewhere."""
     m, p, c = cfg.model, cfg.parallel, cfg.cluster
     out = [Problem(*x) for x in model_rules.activation_checkpointing_problems(p.activation_checkpointing)]

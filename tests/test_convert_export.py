@@ -20,7 +20,7 @@ from core.stages import Stage, StageContext
 from data.tokenizer import ensure_sample_tokenizer
 from model.config import DataParallelMode
 from tests.helpers.hf import make_hf
-from tests.helpers.training import checkpoint_layout as _layout
+from tests.helpers.training import checkpoint_compatibility
 from tests.test_export_usable import EXPORT_FILES
 from train.config import Backend
 
@@ -56,7 +56,8 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
         full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in backend.model.state_dict().items()}
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in full.items()}, Path(run_dir) / "full.pt")
-        ckpt.save(Path(run_dir) / "checkpoints", 3, io=backend, layout=_layout(cfg), state={}, keep_last=2)
+        compat = checkpoint_compatibility(cfg)
+        ckpt.save(Path(run_dir) / "checkpoints", 3, io=backend, compat=compat, state={}, keep_last=2)
     finally:
         backend.teardown()
 

@@ -9,8 +9,7 @@ import pytest
 
 from checkpoint import train_state as ckpt
 from launcher.job import EXIT_USER_ERROR
-from tests.helpers.training import checkpoint_layout as _layout
-from tests.helpers.training import run_job, small_config, status
+from tests.helpers.training import checkpoint_compatibility, run_job, small_config, status
 
 pytestmark = pytest.mark.slow  # training runs (subprocesses): `pytest --full`
 
@@ -96,14 +95,14 @@ def test_checkpoint_of_another_layout_says_what_differs(prepared, stopped_run):
     path = ckpt.latest(stopped_run / "checkpoints")
     meta = ckpt.read_metadata(path)
     cfg = small_config(prepared)
-    ckpt.check_compatible(path, meta, _layout(cfg))
+    ckpt.check_compatible(path, meta, checkpoint_compatibility(cfg))
     other = replace(cfg, parallel=replace(cfg.parallel, tensor_parallel_degree=2, data_parallel_degree=2))
     with pytest.raises(
         ValueError,
         match=r"parallel.data_parallel_degree: checkpoint 1, config 2; "
         r"parallel.tensor_parallel_degree: checkpoint 1, config 2",
     ):
-        ckpt.check_compatible(path, meta, _layout(other))
+        ckpt.check_compatible(path, meta, checkpoint_compatibility(other))
 
 
 def test_nan_loss_names_step_and_last_good_checkpoint(prepared, tmp_path):

@@ -362,14 +362,14 @@ class NxDCheckpoints:
         return steps.latest(root)
 
     def save(
-        self, root: Path, step: int, *, io: Any, layout: dict[str, Any], state: dict[str, Any], keep_last: int
+        self, root: Path, step: int, *, io: Any, compat: dict[str, Any], state: dict[str, Any], keep_last: int
     ) -> Path:
         import neuronx_distributed as nxd
 
         from model.parallelize_nxd import to_nxd_names
 
         b = self.backend
-        user = {"step": step, "layout": layout, **state, "rng": {"python": random.getstate()}}
+        user = {"step": step, "layout": compat, **state, "rng": {"python": random.getstate()}}
         model_state = to_nxd_names(b.model.state_dict())
         nxd.trainer.save_checkpoint(
             str(root), f"step_{step}", model=model_state, optimizer=b.optimizer, user_content=user, use_xser=True
@@ -381,16 +381,16 @@ class NxDCheckpoints:
         b.barrier()
         return steps.step_dir(root, step)
 
-    def load(self, folder: Path, *, io: Any, layout: dict[str, Any]) -> dict[str, Any]:
+    def load(self, folder: Path, *, io: Any, compat: dict[str, Any]) -> dict[str, Any]:
         import neuronx_distributed as nxd
 
-        # The layout first (user content only), so that a mismatch is reported before any weight is touched.
+        # The compatibility record first (user content only): a mismatch is reported before any weight is touched.
         user = nxd.trainer.load_checkpoint(str(folder.parent), tag=folder.name)
-        if user is None or user.get("layout") != layout:
+        if user is None or user.get("layout") != compat:
             saved = None if user is None else user.get("layout")
             raise ValueError(
                 f"The checkpoint {folder} was written for another model or layout ({saved}) than this run "
-                f"({layout}). Start a new run_dir for this configuration."
+                f"({compat}). Start a new run_dir for this configuration."
             )
         # Model weights before the optimizer: ZeRO-1 keeps its own fp32 copies of the parameters (its shards),
         # made from the parameters by init_zero(), and its step writes them back into the model. The checkpoint

@@ -54,14 +54,14 @@ def _train(
         store.clean_stale(root)
     backend.barrier()
     d = job.derived
-    layout = ckpt.layout(job.model, d, job.parallel.data_parallel_mode)
+    compat = ckpt.compatibility(job.model, d, job.parallel.data_parallel_mode)
     resume = store.latest(root)
     backend.build(resuming=resume is not None)
     step = consumed = 0
     val_initial = None
     if resume is not None:
         dog.beat(0, f"loading {resume}")
-        meta = store.load(resume, io=backend, layout=layout)
+        meta = store.load(resume, io=backend, compat=compat)
         step, consumed = int(meta["step"]), int(meta["consumed_samples"])
         backend.scheduler.load_state_dict(meta["scheduler"])
         val_initial = meta.get("val_loss_initial")
@@ -150,7 +150,7 @@ def _train(
                 log.validation(step, val_loss, blocks)
             if saving:
                 dog.beat(step, "checkpoint")
-                last_saved = _save(root, step, backend, job, layout, batches.consumed, log, val_initial)
+                last_saved = _save(root, step, backend, job, compat, batches.consumed, log, val_initial)
             if res.stop:
                 log.info(
                     f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step}; "
@@ -204,7 +204,7 @@ def _save(
     step: int,
     backend: TrainBackend,
     job: TrainJob,
-    layout: dict[str, Any],
+    compat: dict[str, Any],
     consumed: int,
     log: MetricLogger,
     val_initial: float | None = None,
@@ -214,7 +214,7 @@ def _save(
     if val_initial is not None:  # the untrained model's validation loss, for the summaries of resumed runs
         state["val_loss_initial"] = val_initial
     store = getattr(backend, "checkpoints", ckpt)
-    path = store.save(root, step, io=backend, layout=layout, state=state, keep_last=job.trainer.keep_last)
+    path = store.save(root, step, io=backend, compat=compat, state=state, keep_last=job.trainer.keep_last)
     log.flush()
     log.info(f"checkpoint {path} ({time.perf_counter() - t0:.2f} s)")
     return path

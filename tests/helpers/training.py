@@ -115,9 +115,9 @@ def tb_raw_steps(tb_dir: Path, tag: str = "train/loss") -> list[int]:
     return steps
 
 
-def checkpoint_layout(cfg: JobConfig) -> dict:
-    """The layout a training run of `cfg` records in its checkpoints (as train/loop.py computes it)."""
-    from checkpoint.train_state import layout
+def checkpoint_compatibility(cfg: JobConfig) -> dict:
+    """The compatibility record a training run of `cfg` records in its checkpoints (as train/loop.py computes it)."""
+    from checkpoint.train_state import compatibility
     from core.arithmetic import derive
 
-    return layout(cfg.model, derive(cfg), cfg.parallel.data_parallel_mode)
+    return compatibility(cfg.model, derive(cfg), cfg.parallel.data_parallel_mode)
