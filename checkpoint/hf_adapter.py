@@ -114,8 +114,10 @@ def rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-    """config.json for `transformers.LlamaForCausalLM`, from our ModelConfig: exactly the keys and values that
-    `save_pretrained` of the same model writes in transformers HF_LAYOUT_VERSION (rope_parameters, dtype).
+    """config.json for `transformers.LlamaForCausalLM`, from our ModelConfig: the keys and values that
+    `save_pretrained` of the same model writes in transformers HF_LAYOUT_VERSION (rope_parameters, dtype), plus
+    transformers 4.x's `rope_theta` and `rope_scaling`, which 5.x reads without a word and drops on re-save: NxD's
+    stack pins transformers 4.51, which ignores `rope_parameters` and would silently build RoPE with theta 10000.
 
     `dtype` is the dtype of the saved weights (torch's name without `torch.`)."""
     fields = {f: getattr(cfg, f) for f in ARCH_FIELDS if f != "rope_theta"}
@@ -125,6 +127,10 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         **fields,
         "head_dim": cfg.hidden_size // cfg.num_attention_heads,
         "rope_parameters": rope_parameters(cfg),
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": {k: v for k, v in rope_parameters(cfg).items() if k != "rope_theta"}
+        if cfg.rope_scaling.factor
+        else None,
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,

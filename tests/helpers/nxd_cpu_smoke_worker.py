@@ -117,21 +117,25 @@ q, k, v = qkv(xqp)
 wq, wk, wv, xqr = (t.detach().clone().requires_grad_(True) for t in (mq, rep_k, rep_v, xq))
 qr, kr, vr = xqr @ wq.T, xqr @ wk.T, xqr @ wv.T
 ((qr * cq).sum() + (kr * ck).sum() + (vr * cv).sum()).backward()
-expected_grad = torch.cat([chunk(wq.grad, 0), chunk(wk.grad, 0), chunk(wv.grad, 0)], dim=0)
-# NxD's backward divides the K/V part of the input gradient by kv_size_multiplier before the TP all-reduce
-# (qkv_linear.py: "would cause the K and V duplicate factor to be counted twice"), so its input gradient is
-# dq Wq + (dk Wk_rep + dv Wv_rep) / kvm, not the exact gradient of the replicated-weights computation.
-xqc = xq.detach().clone().requires_grad_(True)
-qc, kc, vc = xqc @ wq.detach().T, xqc @ wk.detach().T, xqc @ wv.detach().T
-((qc * cq).sum() + ((kc * ck).sum() + (vc * cv).sum()) / KVM).backward()
+
+
+# NxD's backward sums the K/V output gradients over the KV-shared group (the ranks holding replicas of the same
+# head), divides the K/V part of the input gradient by kv_size_multiplier (qkv_linear.py: "would cause the K and V
+# duplicate factor to be counted twice") and then all-reduces it over TP. So the input gradient is the exact one of
+# the replicated computation, and every replica's weight gradient is the sum of the replicas' gradients (the
+# replicas stay equal). Here each rank holds one replica (kvm = tp).
+def replicas_summed(grad):
+    return grad.view(KVM, HKV * D, HID).sum(0)
+
+
+expected_grad = torch.cat([chunk(wq.grad, 0), replicas_summed(wk.grad), replicas_summed(wv.grad)], dim=0)
 results["gqa_qkv"] = {
     "weight_qkv_shape": list(qkv.weight_qkv.shape),
     "layout": maxdiff(qkv.weight_qkv, expected_local),
     "q": maxdiff(q, chunk(qr, 2)),
     "k": maxdiff(k, chunk(kr, 2)),
     "v": maxdiff(v, chunk(vr, 2)),
-    "grad_input_nxd_convention": maxdiff(xqp.grad, xqc.grad),
-    "grad_input_vs_exact": maxdiff(xqp.grad, xqr.grad),
+    "grad_input": maxdiff(xqp.grad, xqr.grad),
     "grad_weight_qkv": maxdiff(qkv.weight_qkv.grad, expected_grad),
     # NxD drops this attribute when it re-creates the fused parameter (its grad-norm bug, see nxd-cpu.md).
     "weight_qkv_has_tensor_model_parallel": hasattr(qkv.weight_qkv, "tensor_model_parallel"),
