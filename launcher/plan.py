@@ -11,8 +11,8 @@ from pathlib import Path
 
 from checkpoint.steps import latest as latest_step
 from core import nxd_args, paths
-from core.arithmetic import Derived, derive
-from core.config import ExecutorKind, JobConfig
+from core.arithmetic import Derived, backend_for, derive
+from core.config import Accelerator, ExecutorKind, JobConfig
 from core.fingerprint import as_plain
 from core.marker import is_complete
 from core.stages import SPECS, Stage, selected
@@ -110,6 +110,17 @@ def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: 
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
     if cfg.cluster.executor == ExecutorKind.local:
         return [*torchrun, "--standalone", *wrapper]
+    if backend_for(cfg) == Backend.nxd and cfg.cluster.accelerator == Accelerator.trn1:
+        # The exec line of NxD's per-node script that these jobs run (launcher/nxd_env.py:node_command).
+        return [
+            *(["neuron_parallel_compile"] if stage == Stage.compile else []),
+            *torchrun,
+            f"--nnodes={nodes}",
+            "--node_rank=<SLURM_NODEID>",
+            "--master_addr=<first host of the allocation>",
+            f"--master_port={cfg.cluster.neuron.master_port}",
+            *wrapper,
+        ]
     return [
         *torchrun,
         f"--nnodes={nodes}",

@@ -28,6 +28,10 @@ def test_nxd_stages_on_trn1_run_the_per_node_script():
         exec_line = script.splitlines()[-1]
         assert exec_line.startswith("exec neuron_parallel_compile " if stage == Stage.compile else "exec /")
         assert "--master_port=44000" in exec_line and "ip_local_reserved_ports" in script
+        # the plan shows that command (placeholders for what each node fills in)
+        shown = next(sp.command for sp in plan.stages if sp.stage == stage)
+        assert shown[0] == ("neuron_parallel_compile" if stage == Stage.compile else python_of(cfg))
+        assert "--master_port=44000" in shown and shown[-3:] == ["launcher.job", str(plan.run_dir), stage.value]
     for stage in (Stage.download, Stage.data, Stage.convert, Stage.export):
         assert tasks[stage].node_script == "", stage
 
