@@ -43,6 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-launcher-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINIUM_LAUNCHER_CACHE": str(tmp / "cache")}
+    # As a user's interpreter runs it: bytecode cached by the warm-up (an environment that disables the cache
+    # would time compiling every module from source, which grows with the code, not with what it does).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     py = sys.executable
     hydra = series([py, "-c", "import hydra"], args.n, tmp, env)
     dry = series([py, "-m", "launcher", *DRY_70B], args.n, tmp, env)
