@@ -4,6 +4,7 @@ script each would get. Printed by dry runs and saved in the run folder; the exec
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -100,14 +101,25 @@ class Plan:
         return "\n".join(lines)
 
 
+def python_of(cfg: JobConfig) -> str:
+    """The jobs' interpreter: this checkout's by default (the checkout and its venv must then be on a file system
+    every node sees); cluster.python names another, a venv folder meaning its bin/python. Local runs always use
+    this one."""
+    p = cfg.cluster.python
+    if not p or cfg.cluster.executor == ExecutorKind.local:
+        return sys.executable
+    path = Path(os.path.expanduser(p))
+    return str(path / "bin" / "python") if path.is_dir() else str(path)
+
+
 def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: int) -> list[str]:
     """What a stage runs: the job wrapper, under torchrun when it has several processes. On Slurm each node's task
     (launcher/slurm_job.py) fills in its node rank and the rendezvous from the job's environment."""
-    # The launcher's own interpreter: the checkout and its venv must be on a file system every node sees.
+    py = python_of(cfg)
     wrapper = ["-m", "launcher.job", str(run_dir), stage.value]
     if not SPECS[stage].distributed or procs * nodes <= 1:
-        return [sys.executable, *wrapper]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
+        return [py, *wrapper]
+    torchrun = [py, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
     if cfg.cluster.executor == ExecutorKind.local:
         return [*torchrun, "--standalone", *wrapper]
     if backend_for(cfg) == Backend.nxd and cfg.cluster.accelerator == Accelerator.trn1:

@@ -22,21 +22,10 @@ from core import paths
 from core.config import Accelerator, JobConfig, StageResources
 from core.marker import now
 from core.stages import SPECS, Stage
-from launcher.plan import Plan, StagePlan
+from launcher.plan import Plan, StagePlan, python_of
 
 SAGEMAKER_MARKER = Path("/opt/sagemaker_cluster")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def python_of(cfg: JobConfig) -> str:
-    """The jobs' interpreter: this checkout's by default; a venv folder means its bin/python."""
-    import sys
-
-    p = cfg.cluster.python
-    if not p:
-        return sys.executable
-    path = Path(os.path.expanduser(p))
-    return str(path / "bin" / "python") if path.is_dir() else str(path)
 
 
 def resources(cfg: JobConfig, stage: Stage) -> StageResources:

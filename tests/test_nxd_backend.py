@@ -3,7 +3,7 @@ torchrun), through the project's train stage (`python -m launcher.job RUN train`
 world 1 on the same data, seed and schedule. Runs where a real NxD is importable (tests/helpers/nxd_available.py:
 NXD_SRC or an installed NxD, with torch-xla beside torch 2.9); skipped with the reason elsewhere (CI).
 
-The Neuron-only imports are stubbed and NxD's two CPU-mode gaps patched in the worker processes by the test
+The Neuron-only imports are stubbed and NxD's three CPU-mode gaps patched in the worker processes by the test
 harness (tests/helpers/nxd_site/sitecustomize.py, NXD_TEST_STUBS=1), never by the backend.
 
 Tolerance: the logged losses and gradient norms of the first 20 steps agree to 1e-4 (the log's 4 decimals; the

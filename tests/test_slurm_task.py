@@ -58,3 +58,12 @@ def test_the_task_runs_its_node_script_with_bash(tmp_path, monkeypatch):
     result = task()
     assert out.read_text() == "node 3 x 1\n" and result["state"] == "completed"
     assert os.environ.get("X") is None
+
+
+def test_the_plan_shows_the_interpreter_the_jobs_run():
+    argv = ["parallel=cpu_dp2", "cluster=slurm", "cluster.accelerator=cpu", "cluster.python=/opt/venv/bin/python"]
+    composed = compose([*argv, "dry_run=true"])
+    plan = make_plan(composed, resolve_run_dir(composed))
+    assert {sp.command[0] for sp in plan.stages} == {"/opt/venv/bin/python"}
+    local = compose(["cluster.python=/opt/venv/bin/python", "dry_run=true"])  # local runs use this interpreter
+    assert python_of(local.cfg) != "/opt/venv/bin/python"

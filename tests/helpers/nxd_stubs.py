@@ -24,7 +24,7 @@ while setting up its process groups (the traps, from ../shared/reference/nxd-cpu
 6. `torch_neuronx.utils.get_platform_target()` selects NxD's TP group / KV replication layout: it returns
    `$NXD_STUB_PLATFORM_TARGET`, default `trn1`.
 
-`patch_cpu_mode_gaps()` patches the two places where NxD's CPU mode is incomplete (see its docstring); call it after
+`patch_cpu_mode_gaps()` patches the three places where NxD's CPU mode is incomplete (see its docstring); call it after
 `torch.distributed.init_process_group("gloo")` and after `install_stubs()`.
 """
 

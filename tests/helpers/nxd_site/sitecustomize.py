@@ -1,5 +1,5 @@
 """Test harness only: with this folder on PYTHONPATH and NXD_TEST_STUBS=1, every Python process (the torchrun
-workers of the nxd tests) gets NxD's Neuron-only imports stubbed and NxD's two CPU-mode gaps patched
+workers of the nxd tests) gets NxD's Neuron-only imports stubbed and NxD's three CPU-mode gaps patched
 (tests/helpers/nxd_stubs.py), at the moment it first imports neuronx_distributed. The project's backend imports NxD
 as it would on Trainium and patches nothing."""
 
