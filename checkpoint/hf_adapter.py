@@ -121,16 +121,15 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 
     `dtype` is the dtype of the saved weights (torch's name without `torch.`)."""
     fields = {f: getattr(cfg, f) for f in ARCH_FIELDS if f != "rope_theta"}
+    rope = rope_parameters(cfg)
     out = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         **fields,
         "head_dim": cfg.hidden_size // cfg.num_attention_heads,
-        "rope_parameters": rope_parameters(cfg),
+        "rope_parameters": rope,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": {k: v for k, v in rope_parameters(cfg).items() if k != "rope_theta"}
-        if cfg.rope_scaling.factor
-        else None,
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling.factor else None,
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,

@@ -78,31 +78,41 @@ def reserve_port_command(port: int) -> str:
     )
 
 
-def node_command(
-    cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python", cache_dir: str | None = None
-) -> str:
-    """The bash each node's Slurm task runs (launcher/slurm_job.py: StageTask.node_script) for an nxd stage on trn1
-    (`cache_dir`: the resolved cluster.cache_dir)."""
+def launch_argv(
+    cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str, node_rank: str, master_addr: str
+) -> list[str]:
+    """What each node runs for an nxd stage on trn1: torchrun, under neuron_parallel_compile for compile. The exec
+    line of `node_command`; the plan shows it with placeholders for the node rank and address."""
     d, n = derive(cfg), cfg.cluster.neuron
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg, cache_dir).items()]
-    lines.append('MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
-    if n.reserve_port:
-        lines.append(reserve_port_command(n.master_port))
-    torchrun = [
+    return [
+        *(["neuron_parallel_compile"] if stage == Stage.compile else []),
         python,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={d.devices_per_node}",
         f"--nnodes={d.nodes}",
-        '--node_rank="$SLURM_NODEID"',
-        '--master_addr="$MASTER_ADDR"',
+        f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}",
         f"--master_port={n.master_port}",
         "-m",
         "launcher.job",
-        shlex.quote(str(run_dir)),
+        str(run_dir),
         stage.value,
     ]
-    if stage == Stage.compile:
-        torchrun.insert(0, "neuron_parallel_compile")
-    lines.append("exec " + " ".join(torchrun))
+
+
+def node_command(
+    cfg: JobConfig, run_dir: Path | str, stage: Stage, python: str = "python", cache_dir: str | None = None
+) -> str:
+    """The bash each node's Slurm task runs (launcher/slurm_job.py: StageTask.node_script) for an nxd stage on trn1
+    (`cache_dir`: the resolved cluster.cache_dir)."""
+    n = cfg.cluster.neuron
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in nxd_env(cfg, cache_dir).items()]
+    lines.append('MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
+    if n.reserve_port:
+        lines.append(reserve_port_command(n.master_port))
+    # Every word quoted but the two the shell must expand.
+    expand = ('--node_rank="$SLURM_NODEID"', '--master_addr="$MASTER_ADDR"')
+    argv = launch_argv(cfg, run_dir, stage, python, '"$SLURM_NODEID"', '"$MASTER_ADDR"')
+    lines.append("exec " + " ".join(w if w in expand else shlex.quote(w) for w in argv))
     return "\n".join(lines)

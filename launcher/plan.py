@@ -19,7 +19,7 @@ from core.marker import is_complete
 from core.stages import SPECS, Stage, selected
 from launcher import reuse
 from launcher.compose import Composed
-from launcher.nxd_env import nxd_env
+from launcher.nxd_env import launch_argv, nxd_env
 from model.config import Init
 from train.config import Backend
 
@@ -123,16 +123,8 @@ def job_command(cfg: JobConfig, stage: Stage, run_dir: Path, procs: int, nodes: 
     if cfg.cluster.executor == ExecutorKind.local:
         return [*torchrun, "--standalone", *wrapper]
     if backend_for(cfg) == Backend.nxd and cfg.cluster.accelerator == Accelerator.trn1:
-        # The exec line of NxD's per-node script that these jobs run (launcher/nxd_env.py:node_command).
-        return [
-            *(["neuron_parallel_compile"] if stage == Stage.compile else []),
-            *torchrun,
-            f"--nnodes={nodes}",
-            "--node_rank=<SLURM_NODEID>",
-            "--master_addr=<first host of the allocation>",
-            f"--master_port={cfg.cluster.neuron.master_port}",
-            *wrapper,
-        ]
+        # What NxD's per-node script that these jobs run executes (launcher/nxd_env.py:node_command).
+        return launch_argv(cfg, run_dir, stage, py, "<SLURM_NODEID>", "<first host of the allocation>")
     return [
         *torchrun,
         f"--nnodes={nodes}",
